@@ -1,0 +1,131 @@
+"""`mri-jax` command line: thin sub-commands that parse options and call library functions.
+
+Exit codes: 0 success; 2 a user error (bad file, bad option: one line on stderr, nothing written);
+1 an unexpected internal error (with traceback: please report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mri_jax.errors import UserInputError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports a bad option as one line (no usage dump) and exits with 2."""
+
+  def error(self, message):
+    self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_corruption_options(p: argparse.ArgumentParser) -> None:
+  g = p.add_argument_group("corruption (coil placement, coil phases and polynomial coefficients are random per --seed)")
+  g.add_argument("--coils", type=int, default=8, metavar="N", help="receive coils, 1-64 (1 => Rician noise; default 8)")
+  g.add_argument("--noise", type=float, default=0.03, metavar="SIGMA",
+                 help="noise σ per real/imaginary component as a fraction of the image maximum "
+                      "(demo: of mean white matter); default 0.03")
+  g.add_argument("--bias", type=float, default=0.2, metavar="C",
+                 help="max |coefficient| of the random order-3 log-polynomial field (TorchIO's "
+                      "'coefficients'); 0 disables it; default 0.2")
+  g.add_argument("--b1", type=float, default=0.2, metavar="A",
+                 help="transmit (B1+) central-brightening amplitude in [0, 1]; default 0.2")
+  g.add_argument("--receive-strength", type=float, default=0.6, metavar="G",
+                 help="receive-field strength γ in [0, 1]: 1 = raw coil physics, 0 = uniform "
+                      "(prescan-normalised); default 0.6")
+  g.add_argument("--coil-model", choices=("biot_savart", "falloff"), default="biot_savart",
+                 help="coil sensitivity model (default biot_savart)")
+  g.add_argument("--combine", choices=("rss", "roemer"), default="rss",
+                 help="coil combination: root-sum-of-squares or SNR-optimal Roemer (default rss)")
+  g.add_argument("--correlation", type=float, default=0.0, metavar="RHO",
+                 help="coil noise correlation ρ in [0, 1) (default 0: independent coils)")
+  g.add_argument("--rings", type=int, default=1, help="rings of coils along the bore axis; must divide --coils")
+  g.add_argument("--noise-domain", choices=("image", "kspace"), default="image",
+                 help="add noise in image space or k-space (equivalent in distribution)")
+  g.add_argument("--seed", type=int, default=0, help="random seed; same seed => byte-identical output")
+
+
+def _settings(args) -> dict:
+  return dict(coils=args.coils, noise=args.noise, bias=args.bias, b1=args.b1,
+              receive_strength=args.receive_strength, coil_model=args.coil_model,
+              combine=args.combine, correlation=args.correlation, rings=args.rings,
+              noise_domain=args.noise_domain)
+
+
+def _cmd_simulate(args) -> int:
+  from mri_jax import workflows
+
+  summary = workflows.simulate_nifti(args.input, args.output, seed=args.seed, save_field=args.save_field,
+                                     overwrite=args.overwrite, **_settings(args))
+  print(f"wrote {args.output} (shape {summary['shape']}, σ = {summary['noise_sigma_abs']:.4g}, "
+        f"bias {summary['bias_min']:.3f}–{summary['bias_max']:.3f})"
+        + (f" and {args.save_field}" if args.save_field else ""))
+  return 0
+
+
+def _cmd_demo(args) -> int:
+  from mri_jax import workflows
+
+  if args.seed < 0:
+    raise UserInputError(f"--seed must be a non-negative integer, got {args.seed}")
+  print("simulating the embedded MNI152 template (first run compiles, ~30 s)...", flush=True)
+  metrics = workflows.demo(args.outdir, seed=args.seed, **_settings(args))
+  print(json.dumps({k: v for k, v in metrics.items() if k != "settings"}, indent=2))
+  print(f"wrote clean/corrupted/bias_field .nii.gz, montage.png and metrics.{{json,md}} to {args.outdir}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="mri-jax", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+  p = sub.add_parser(
+      "simulate", help="corrupt a clean NIfTI with coil sensitivities, bias fields and noise",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Corrupt a 2-D or 3-D NIfTI image through the coil-physics simulator. The output "
+                  "keeps the input's header, affine and shape (float32), is written atomically, and "
+                  "the input is never modified. Array axes are (x, y[, z]) with z the bore axis.",
+      epilog="examples:\n"
+             "  mri-jax simulate t1.nii.gz t1_noisy.nii.gz\n"
+             "  mri-jax simulate t1.nii.gz out.nii.gz --coils 1 --noise 0.05 --seed 3   # Rician\n"
+             "  mri-jax simulate t1.nii.gz out.nii.gz --coils 32 --rings 4 --correlation 0.3 \\\n"
+             "      --save-field field.nii.gz")
+  p.add_argument("input", help="clean image (.nii or .nii.gz, 2-D or 3-D)")
+  p.add_argument("output", help="corrupted image to write (.nii or .nii.gz)")
+  p.add_argument("--save-field", metavar="F", help="also write the true multiplicative bias field here")
+  p.add_argument("--overwrite", action="store_true", help="replace OUTPUT / --save-field if they exist")
+  _add_corruption_options(p)
+  p.set_defaults(func=_cmd_simulate)
+
+  p = sub.add_parser(
+      "demo", help="run the main job on the embedded default anatomy (no download)",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Corrupt the MNI152 template shipped in nilearn and write clean / corrupted / "
+                  "bias-field NIfTIs, montage.png and metrics.json/.md into OUTDIR (created if "
+                  "missing; these file names in it are replaced).",
+      epilog="example:\n  mri-jax demo demo_out")
+  p.add_argument("outdir", help="output directory")
+  _add_corruption_options(p)
+  p.set_defaults(func=_cmd_demo)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return args.func(args)
+  except UserInputError as err:
+    print(f"mri-jax {args.command}: error: {err}", file=sys.stderr)
+    return EXIT_USER_ERROR
+  except KeyboardInterrupt:
+    print("mri-jax: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

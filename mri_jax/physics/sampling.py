@@ -1,0 +1,79 @@
+"""Random simulation parameters from ranges in a config (e.g. `configs/corruption.py`).
+
+Every continuous parameter is drawn uniformly from a `(low, high)` range (a single number fixes
+it); static choices (coil count, rings, models) are taken from the config as they are. `sample_params`
+is pure and jit/vmap-compatible for a fixed config: vmap it over keys to get a batch of parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mri_jax.physics.params import SimulationParams, make_params, n_poly_terms
+
+# Continuous parameters drawn from (low, high) ranges, scalar each.
+_SCALAR_RANGES = ("noise_sigma", "coil_size", "coil_distance", "falloff_d0", "falloff_power",
+                  "receive_strength", "slice_z", "b1_amplitude", "b1_width", "noise_correlation")
+
+
+def _get(cfg: Any, name: str, default: Any) -> Any:
+  if isinstance(cfg, Mapping):
+    return cfg.get(name, default)
+  return getattr(cfg, name, default)
+
+
+def _bounds(value: float | Sequence[float]) -> tuple[float, float]:
+  if isinstance(value, (int, float)):
+    return float(value), float(value)
+  low, high = (float(v) for v in value)
+  if high < low:
+    raise ValueError(f"range ({low}, {high}) has high < low")
+  return low, high
+
+
+def _uniform(key: jax.Array, value, shape=()) -> jax.Array:
+  low, high = _bounds(value)
+  return jax.random.uniform(key, shape, jnp.float32, low, high)
+
+
+def sample_params(key: jax.Array, cfg: Any) -> SimulationParams:
+  """Draws one `SimulationParams` from the ranges in `cfg`.
+
+  Args:
+    key: PRNG key.
+    cfg: ConfigDict or mapping with `n_coils`, `n_rings`, `coil_model`, `combine`, `noise_domain`,
+      `poly_order`, `coarse_size` (static) and (low, high) ranges named like the parameters,
+      plus `coil_jitter_azimuth`, `coil_jitter_z` (max |offset|), `poly_coefficient` (max |c|,
+      TorchIO's `coefficients`), `b1_center` (max |offset| per axis). Missing entries take the
+      defaults of `make_params`.
+
+  Returns:
+    `SimulationParams`; the geometry (rotation, jitter, phases) is always random.
+  """
+  static = dict(n_coils=int(_get(cfg, "n_coils", 8)), n_rings=int(_get(cfg, "n_rings", 1)),
+                coil_model=_get(cfg, "coil_model", "biot_savart"), combine=_get(cfg, "combine", "rss"),
+                noise_domain=_get(cfg, "noise_domain", "image"),
+                poly_order=int(_get(cfg, "poly_order", 3)), coarse_size=int(_get(cfg, "coarse_size", 32)))
+  base = make_params(**static)
+  n = static["n_coils"]
+  keys = iter(jax.random.split(key, len(_SCALAR_RANGES) + 6))
+  values = {}
+  for name in _SCALAR_RANGES:
+    value = _get(cfg, name, None)
+    k = next(keys)
+    values[name] = getattr(base, name) if value is None else _uniform(k, value)
+  jitter_az = float(_get(cfg, "coil_jitter_azimuth", 0.1))
+  jitter_z = float(_get(cfg, "coil_jitter_z", 0.05))
+  values["coil_rotation"] = _uniform(next(keys), (0.0, 2 * jnp.pi))
+  values["coil_jitter"] = jnp.stack([_uniform(next(keys), (-jitter_az, jitter_az), (n,)),
+                                     _uniform(next(keys), (-jitter_z, jitter_z), (n,))], -1)
+  values["coil_phase"] = _uniform(next(keys), (-jnp.pi, jnp.pi), (n,))
+  c = float(_get(cfg, "poly_coefficient", 0.0))
+  values["poly_coefficients"] = _uniform(next(keys), (-c, c), (n_poly_terms(static["poly_order"]),))
+  centre = float(_get(cfg, "b1_center", 0.1))
+  values["b1_center"] = _uniform(next(keys), (-centre, centre), (3,))
+  return base.replace(**values)
