@@ -32,7 +32,10 @@ def _inv_cov_maps(maps: jax.Array, covariance: jax.Array | None) -> jax.Array:
 
 def roemer_gain(maps: jax.Array, covariance: jax.Array | None = None) -> jax.Array:
   """sqrt(sᴴΨ⁻¹s): the receive field that `roemer` imprints on the magnitude image."""
-  weighted = _inv_cov_maps(maps, covariance)
+  return _gain(_inv_cov_maps(maps, covariance), maps)
+
+
+def _gain(weighted: jax.Array, maps: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.real(jnp.sum(jnp.conj(weighted) * maps, axis=0)))
 
 
@@ -49,4 +52,4 @@ def roemer(coil_images: jax.Array, maps: jax.Array, covariance: jax.Array | None
   """
   weighted = _inv_cov_maps(maps, covariance)
   num = jnp.sum(jnp.conj(weighted) * coil_images, axis=0)
-  return num / roemer_gain(maps, covariance)
+  return num / _gain(weighted, maps)
