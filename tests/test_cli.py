@@ -40,7 +40,7 @@ def test_simulate_keeps_header_affine_and_is_byte_deterministic(volume, tmp_path
   out1, out2, out3 = (tmp_path / f"o{i}.nii.gz" for i in range(3))
   field = tmp_path / "field.nii.gz"
   before = volume.read_bytes()
-  assert _run([ "simulate", str(volume), str(out1), "--seed", "3", "--save-field", str(field)], capsys)[0] == 0
+  assert _run(["simulate", str(volume), str(out1), "--seed", "3", "--save-field", str(field)], capsys)[0] == 0
   assert _run(["simulate", str(volume), str(out2), "--seed", "3"], capsys)[0] == 0
   assert _run(["simulate", str(volume), str(out3), "--seed", "4"], capsys)[0] == 0
   assert volume.read_bytes() == before  # input untouched
