@@ -93,8 +93,10 @@ def sharpen(u: jax.Array, w: jax.Array, *, bins: int, fwhm: float, wiener: float
   i = jnp.clip(jnp.floor(c), 0, bins - 2)
   off = c - i
   i = jax.lax.stop_gradient(i).astype(jnp.int32)
-  hist = (jnp.zeros(bins, u.dtype).at[i.ravel()].add((w * (1.0 - off)).ravel())
-          .at[i.ravel() + 1].add((w * off).ravel()))
+  # Linear splatting to bins i and i + 1 as one scatter of (weight to i, weight to i + 1) pairs.
+  pairs = jnp.zeros((bins, 2), u.dtype).at[i.ravel()].add(
+      jnp.stack([(w * (1.0 - off)).ravel(), (w * off).ravel()], axis=-1))
+  hist = pairs[:, 0] + jnp.concatenate([jnp.zeros(1, u.dtype), pairs[:-1, 1]])
   padded = 2 ** (math.ceil(math.log2(bins)) + 1)
   offset = (padded - bins) // 2
   v = jnp.zeros(padded, u.dtype).at[offset:offset + bins].set(hist)
@@ -111,7 +113,9 @@ def sharpen(u: jax.Array, w: jax.Array, *, bins: int, fwhm: float, wiener: float
   den = jnp.fft.irfft(jnp.fft.rfft(deconv) * kf, padded)
   expected = jnp.where(jnp.abs(den) > _TINY, num / jnp.where(jnp.abs(den) > _TINY, den, 1.0), 0.0)
   e = expected[offset:offset + bins]
-  return e[i] + (e[i + 1] - e[i]) * off
+  table = jnp.stack([e[:-1], e[1:] - e[:-1]], axis=-1)  # value and slope per bin: one gather
+  row = table[i]
+  return row[..., 0] + row[..., 1] * off
 
 
 def _shrink(x: jax.Array, p: Plan) -> jax.Array:
