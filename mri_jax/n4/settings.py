@@ -10,7 +10,7 @@ import numpy as np
 
 from mri_jax.n4 import bspline
 
-MIN_AXIS = 4          # fewer voxels than this along an axis: N4 is refused
+MIN_AXIS = 2          # fewer voxels than this along an axis: N4 is refused
 MIN_SHRUNK_AXIS = 16  # the shrink factor of an axis is lowered so it keeps this many voxels
 
 
