@@ -77,3 +77,42 @@ def sample_params(key: jax.Array, cfg: Any) -> SimulationParams:
   centre = float(_get(cfg, "b1_center", 0.1))
   values["b1_center"] = _uniform(next(keys), (-centre, centre), (3,))
   return base.replace(**values)
+
+
+def training_ranges(variant: str | None = None):
+  """The default corruption ranges for training data, as an `ml_collections.ConfigDict`.
+
+  `variant` = 'single_coil' gives the Rician (1-coil) variant. `configs/corruption.py` returns
+  this; the dataset builder uses it with the coil count chosen per example.
+  """
+  import ml_collections
+
+  c = ml_collections.ConfigDict()
+  c.n_coils = 8
+  c.n_rings = 1
+  c.coil_model = "biot_savart"
+  c.combine = "rss"
+  c.noise_domain = "image"
+  c.poly_order = 3
+  c.coarse_size = 32
+  # σ per real/imaginary component, fraction of the reference intensity (image max, or mean WM).
+  c.noise_sigma = (0.01, 0.08)
+  c.coil_size = (0.85, 1.15)
+  c.coil_distance = (1.0, 1.3)
+  c.coil_jitter_azimuth = 0.1
+  c.coil_jitter_z = 0.05
+  c.falloff_d0 = (0.2, 0.5)
+  c.falloff_power = (1.0, 2.0)
+  c.receive_strength = (0.3, 1.0)
+  c.slice_z = (-0.3, 0.3)
+  c.b1_amplitude = (0.0, 0.4)
+  c.b1_width = (0.4, 0.9)
+  c.b1_center = 0.15
+  c.poly_coefficient = 0.3
+  c.noise_correlation = (0.0, 0.4)
+  if variant == "single_coil":
+    c.n_coils = 1
+    c.noise_correlation = (0.0, 0.0)
+  elif variant not in (None, ""):
+    raise ValueError(f"unknown corruption variant {variant!r} (known: single_coil)")
+  return c
