@@ -118,3 +118,30 @@ def test_nifti_source_keeps_every_scan_of_a_subject_in_one_split(tmp_path):
   vol, mask = pairs.nifti_subject(tmp_path / names[0], 2)
   assert vol.shape == (30, 34, 30)  # 2.5 mm slices resampled to 2 mm
   assert mask.any() and abs(np.percentile(vol[mask], 99.5) - 1.0) < 1e-3
+
+
+def test_on_device_corruption_inside_jit_over_the_mesh(built):
+  data_dir, _ = built
+  loader = pipeline.make_loader("mri_pairs/tiny", "train", data_dir=data_dir, global_batch=8, seed=0,
+                                fields=("clean", "mask"))
+  batch = pipeline.to_global(next(iter(loader)), pipeline.data_mesh())
+  from mri_jax import n4
+
+  settings = n4.N4Settings(iterations=(5, 5))
+
+  @jax.jit
+  def step(key, b):
+    return pipeline.corrupt_on_device(key, b["clean"], b["mask"], n_coils=4, n4_settings=settings)
+
+  a = step(jax.random.key(0), batch)
+  again = step(jax.random.key(0), batch)
+  other = step(jax.random.key(1), batch)
+  assert a["corrupted"].shape == (8, 48, 48)
+  assert len(a["corrupted"].sharding.device_set) == 8  # stays sharded over the data axis
+  np.testing.assert_array_equal(np.asarray(a["corrupted"]), np.asarray(again["corrupted"]))
+  assert not np.allclose(np.asarray(a["corrupted"]), np.asarray(other["corrupted"]))
+  np.testing.assert_allclose(np.asarray(a["n4_corrected"] * np.exp(a["n4_log_field"])),
+                             np.asarray(a["corrupted"]), rtol=1e-4, atol=1e-5)
+  m = np.asarray(batch["mask"]) > 0
+  ratio = np.asarray(a["corrupted"])[m].mean() / (np.asarray(batch["clean"]) * np.asarray(a["bias"]))[m].mean()
+  assert abs(ratio - 1.0) < 0.15

@@ -87,3 +87,49 @@ def to_global(batch: dict, mesh: Mesh) -> dict:
   """Per-process numpy batches → global `jax.Array`s sharded on the leading axis over 'data'."""
   sharding = NamedSharding(mesh, PartitionSpec("data"))
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def corrupt_on_device(key: jax.Array, clean: jax.Array, mask: jax.Array, *, n_coils: int = 8,
+                      n4_settings=None, ranges=None) -> dict:
+  """Fresh corruptions of a batch of clean images inside your jitted step (second input mode).
+
+  Reads only clean images and masks from the dataset and runs the simulator and the JAX N4 on
+  device, so every epoch sees new coil placements, fields and noise. Pure; call it inside
+  `jax.jit` (a batch sharded on 'data' stays sharded).
+
+  Args:
+    key: PRNG key (fold in the step outside).
+    clean, mask: (B, X, Y[, Z]) clean images and foreground masks (σ is relative to the mask mean).
+    n_coils: receive coils (static).
+    n4_settings: `N4Settings` (static); default 3 levels × 20 iterations. None of the fields is
+      computed when it is False.
+    ranges: corruption ranges (`physics.sampling.training_ranges()` by default).
+
+  Returns:
+    dict with 'corrupted', 'bias', 'n4_corrected', 'n4_log_field' (B, ...) and 'noise_sigma' (B,).
+  """
+  import jax.numpy as jnp
+
+  from mri_jax import n4, physics
+
+  cfg = physics.sampling.training_ranges() if ranges is None else ranges.copy_and_resolve_references()
+  cfg.n_coils = int(n_coils)
+  if n_coils == 1:
+    cfg.noise_correlation = (0.0, 0.0)
+  settings = n4.N4Settings(iterations=(20, 20, 20)) if n4_settings is None else n4_settings
+
+  def one(k, x, m):
+    kp, kn = jax.random.split(k)
+    out = physics.simulate(kn, x, physics.sample_params(kp, cfg), reference_mask=m)
+    return out.image, out.bias, out.noise_sigma
+
+  keys = jax.random.split(key, clean.shape[0])
+  image, bias, sigma = jax.vmap(one)(keys, clean, mask.astype(bool))
+  result = {"corrupted": image, "bias": bias, "noise_sigma": sigma}
+  if settings is not False:
+    p = n4.plan(clean.shape[1:], settings)
+    res = jax.vmap(lambda x: n4.n4_traced(x, None, p, settings))(image)
+    result.update(n4_corrected=res.corrected, n4_log_field=res.log_field)
+  else:
+    result.update(n4_corrected=image, n4_log_field=jnp.zeros_like(image))
+  return result
