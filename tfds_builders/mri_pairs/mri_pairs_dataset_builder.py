@@ -3,7 +3,9 @@
 Written in the `array_record` format, so it builds and reads without TensorFlow:
 
   mri-jax build-data --config slices128 --data-dir ~/tensorflow_datasets
-  tfds build tfds_builders/mri_pairs --config slices128 --file_format array_record
+  Builder(config="slices128", data_dir=..., file_format="array_record").download_and_prepare()
+
+(`tfds build` itself imports TensorFlow, which this project never installs.)
 
 and is read with `tfds.data_source('mri_pairs/slices128', data_dir=...)` (see
 `mri_jax.data.pipeline`). The examples come from `mri_jax.data.pairs.generate`; the default
