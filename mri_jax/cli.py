@@ -112,6 +112,65 @@ def _cmd_build_data(args) -> int:
   return 0
 
 
+def load_config(spec: str, overrides: list[str]):
+  """An ml_collections config from 'path/to/config.py[:arg]' with '--config.a.b=value' overrides."""
+  import importlib.util
+  from pathlib import Path
+
+  path, _, arg = spec.partition(":")
+  if not Path(path).is_file():
+    raise UserInputError(f"config file '{path}' does not exist")
+  import sys as _sys
+
+  root = str(Path(path).resolve().parent.parent)  # configs import each other as `configs.x`
+  if root not in _sys.path:
+    _sys.path.insert(0, root)
+  mod_spec = importlib.util.spec_from_file_location(f"_mri_jax_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(mod_spec)
+  try:
+    mod_spec.loader.exec_module(module)
+    cfg = module.get_config(arg) if arg else module.get_config()
+  except UserInputError:
+    raise
+  except Exception as err:
+    raise UserInputError(f"cannot load config '{spec}': {type(err).__name__}: {err}") from None
+  for item in overrides:
+    if not item.startswith("--config.") or "=" not in item:
+      raise UserInputError(f"unrecognised argument {item!r} (overrides look like --config.train.batch=16)")
+    dotted, _, text = item[len("--config."):].partition("=")
+    parts = dotted.split(".")
+    node = cfg
+    for p in parts[:-1]:
+      if p not in node:
+        raise UserInputError(f"config has no field {dotted!r}")
+      node = node[p]
+    if parts[-1] not in node:
+      raise UserInputError(f"config has no field {dotted!r}")
+    old = node[parts[-1]]
+    try:
+      if isinstance(old, bool):
+        value = {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+      elif isinstance(old, (tuple, list)):
+        value = tuple(type(old[0])(v) if old else v for v in text.strip("()[]").split(",") if v.strip())
+      elif old is None:
+        value = text
+      else:
+        value = type(old)(text)
+    except (ValueError, KeyError):
+      raise UserInputError(f"--config.{dotted}: cannot read {text!r} as {type(old).__name__}") from None
+    node[parts[-1]] = value
+  return cfg
+
+
+def _cmd_train(args) -> int:
+  from mri_jax import train
+
+  cfg = load_config(args.config, args.overrides)
+  result = train.train(cfg, args.workdir, log=lambda m: print(m, flush=True))
+  print(f"done: {args.workdir} (final {result['final']})")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="mri-jax", description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -202,12 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--subjects", type=_int_list, metavar="TRAIN,VAL,TEST",
                  help="override synthetic subjects per split")
   p.set_defaults(func=_cmd_build_data)
+
+  p = sub.add_parser(
+      "train", help="train the restorer (autoencoder, then latent diffusion) from a config",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Train on every device (data parallel over a mesh), resuming from the latest "
+                  "checkpoint in WORKDIR. Override any config field with --config.a.b=value. "
+                  "WORKDIR gets config.json, metrics.jsonl and checkpoints/; a WORKDIR holding a run "
+                  "with another model/schedule/data config is refused.",
+      epilog="examples:\n"
+             "  mri-jax train --config configs/tiny.py --workdir runs/tiny --config.data.data_dir=data\n"
+             "  mri-jax train --config configs/default.py --workdir runs/default --config.optimizer.lr=1e-4")
+  p.add_argument("--config", required=True, help="config file, optionally with ':arg'")
+  p.add_argument("--workdir", required=True, help="run directory (created; resumed when it holds a run)")
+  p.set_defaults(func=_cmd_train)
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  if extra and getattr(args, "command", None) != "train":
+    parser.parse_args(argv)  # reports the unknown arguments as usual
+  args.overrides = extra
   try:
     return args.func(args)
   except UserInputError as err:

@@ -12,11 +12,9 @@ from mri_jax.errors import UserInputError
 from mri_jax.data import pairs, pipeline
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("tfds")
-  summary = workflows.build_data("tiny", data_dir=data_dir)
-  return data_dir, summary
+@pytest.fixture
+def built(tiny_dataset):
+  return tiny_dataset
 
 
 def test_builds_without_tensorflow_and_splits_are_subject_disjoint(built):

@@ -1,0 +1,29 @@
+"""The shipped restorer: latent restoration diffusion conditioned on N4, 128² slices.
+
+Launch (build the data first):
+  mri-jax build-data --config slices128 --data-dir data
+  mri-jax train --config configs/default.py --workdir runs/default --config.data.data_dir=data
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(name="mri_pairs/slices128", data_dir=""))
+  c.model = ml_collections.ConfigDict(dict(
+      space="latent",               # or "pixel": the same UNet on images (ablation)
+      ae_channels=(32, 64, 128),    # downsampling 4
+      latent=4,
+      unet_channels=(64, 128, 256),
+      emb=128,
+      condition_n4=True,            # condition on the N4 image latent and the N4 log field
+  ))
+  c.schedule = ml_collections.ConfigDict(dict(kind="restoration", steps=15, kappa=0.5, sample_steps=1))
+  c.optimizer = ml_collections.ConfigDict(dict(lr=2e-4, warmup=500, final_lr_fraction=0.05, clip=1.0,
+                                               weight_decay=1e-4))
+  c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2, kl_weight=1e-6))
+  c.train = ml_collections.ConfigDict(dict(ae_steps=20_000, diffusion_steps=40_000, batch=32, ema=0.999,
+                                           log_every=100, checkpoint_every=2_000, keep=3))
+  return c

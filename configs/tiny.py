@@ -1,0 +1,26 @@
+"""A few-seconds-per-stage run for tests and smoke checks on CPU (48² slices of the tiny dataset).
+
+Launch:
+  mri-jax build-data --config tiny --data-dir data
+  mri-jax train --config configs/tiny.py --workdir runs/tiny --config.data.data_dir=data
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.data.name = "mri_pairs/tiny"
+  c.model.ae_channels = (8, 16)       # downsampling 2
+  c.model.latent = 2
+  c.model.unet_channels = (16, 32)
+  c.model.emb = 32
+  c.optimizer.lr = 2e-3
+  c.optimizer.warmup = 2
+  c.train.ae_steps = 20
+  c.train.diffusion_steps = 20
+  c.train.batch = 8
+  c.train.log_every = 5
+  c.train.checkpoint_every = 10
+  c.train.keep = 2
+  return c

@@ -1,0 +1,320 @@
+"""Training: autoencoder stage, then latent-diffusion stage; data parallel with `jax.jit` over a mesh.
+
+`train(config, workdir)` runs both stages for `config.train.ae_steps` + `config.train.diffusion_steps`
+global steps (a step counter shared by the stages), resuming from the latest checkpoint in
+`workdir`. The batch is a globally sharded `jax.Array` on the mesh's 'data' axis and parameters
+are replicated, so one jitted step computes the global-batch loss and XLA inserts the gradient
+all-reduce (what `pmap` + `pmean` did). The per-step RNG is `fold_in(key(seed), step)`: never per
+device, so 1 device and 8 devices see the same randomness for the same global batch.
+
+Checkpoints (orbax `CheckpointManager`): the whole train state (both networks, optimiser states,
+EMA weights, step) plus the grain iterator state, every `checkpoint_every` steps and at the end,
+keeping `keep` of them. A killed run restarted with the same config continues where the last
+checkpoint left it and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mri_jax import diffusion, metrics
+from mri_jax.data import pipeline
+from mri_jax.errors import UserInputError
+from mri_jax.models import Autoencoder, UNet
+
+
+# --------------------------------------------------------------------------------------------
+# Models and state
+# --------------------------------------------------------------------------------------------
+def latent_channels(cfg) -> int:
+  return 1 if cfg.model.space == "pixel" else cfg.model.latent
+
+
+def cond_channels(cfg) -> int:
+  c = latent_channels(cfg)
+  return c + (c + 1 if cfg.model.condition_n4 else 0)  # corrupted [+ N4 image + N4 log field]
+
+
+def build_models(cfg, seed: int):
+  """(autoencoder or None for pixel space, UNet) with parameters from `seed`."""
+  rngs = nnx.Rngs(seed)
+  ae = None
+  if cfg.model.space == "latent":
+    ae = Autoencoder(channels=tuple(cfg.model.ae_channels), latent=cfg.model.latent, rngs=rngs)
+  unet = UNet(in_channels=latent_channels(cfg) + cond_channels(cfg), out_channels=latent_channels(cfg),
+              channels=tuple(cfg.model.unet_channels), emb=cfg.model.emb, rngs=rngs)
+  return ae, unet
+
+
+def make_tx(cfg_opt, steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and cosine decay, global-norm clipping."""
+  steps = max(int(steps), 1)
+  warmup = min(int(cfg_opt.warmup), max(steps - 1, 0))
+  lr = optax.warmup_cosine_decay_schedule(0.0, cfg_opt.lr, warmup, steps, cfg_opt.lr * cfg_opt.final_lr_fraction)
+  return optax.chain(optax.clip_by_global_norm(cfg_opt.clip), optax.adamw(lr, weight_decay=cfg_opt.weight_decay))
+
+
+@dataclasses.dataclass
+class Setup:
+  cfg: ml_collections.ConfigDict
+  schedule: diffusion.Schedule
+  ae_def: object
+  unet_def: object
+  tx_ae: optax.GradientTransformation
+  tx_unet: optax.GradientTransformation
+
+
+def init_state(cfg) -> tuple[Setup, dict]:
+  ae, unet = build_models(cfg, cfg.seed)
+  unet_def, unet_params = nnx.split(unet, nnx.Param)
+  state = {"step": jnp.asarray(0, jnp.int32), "unet": unet_params, "ema_unet": unet_params}
+  ae_def = None
+  tx_ae = make_tx(cfg.optimizer, cfg.train.ae_steps)
+  tx_unet = make_tx(cfg.optimizer, cfg.train.diffusion_steps)
+  if ae is not None:
+    ae_def, ae_params = nnx.split(ae, nnx.Param)
+    state.update(ae=ae_params, opt_ae=tx_ae.init(ae_params))
+  state["opt_unet"] = tx_unet.init(unet_params)
+  sched = diffusion.make_schedule(cfg.schedule.kind, cfg.schedule.steps, kappa=cfg.schedule.kappa)
+  return Setup(cfg, sched, ae_def, unet_def, tx_ae, tx_unet), state
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and steps
+# --------------------------------------------------------------------------------------------
+def _prep(batch):
+  """Per-example normalisation by the foreground mean; NHWC."""
+  mask = batch["mask"] > 0
+  norm = jax.vmap(metrics.normalise)
+  clean = norm(batch["clean"], mask)
+  corrupted = norm(batch["corrupted"], mask)
+  n4 = norm(batch["n4_corrected"], mask)
+  return clean[..., None], corrupted[..., None], n4[..., None], batch["n4_log_field"][..., None], mask
+
+
+def _pool(x, f):
+  if f == 1:
+    return x
+  b, h, w, c = x.shape
+  return x.reshape(b, h // f, f, w // f, f, c).mean(axis=(2, 4))
+
+
+def encode(setup: Setup, ae_params, x):
+  """Latent of images x (B, X, Y, 1): the posterior mean, or x itself in pixel space."""
+  if setup.ae_def is None:
+    return x
+  return nnx.merge(setup.ae_def, ae_params).encode(x)[0]
+
+
+def decode(setup: Setup, ae_params, z):
+  if setup.ae_def is None:
+    return z
+  return nnx.merge(setup.ae_def, ae_params).decode(z)
+
+
+def conditioning(setup: Setup, ae_params, corrupted, n4, log_field):
+  """Conditioning stack for the UNet: latent of the corrupted image [+ N4 image latent, field]."""
+  zy = encode(setup, ae_params, corrupted)
+  if not setup.cfg.model.condition_n4:
+    return zy, zy
+  f = corrupted.shape[1] // zy.shape[1]
+  return zy, jnp.concatenate([zy, encode(setup, ae_params, n4), _pool(log_field, f)], axis=-1)
+
+
+def ae_loss(setup, params, batch, key):
+  cfg = setup.cfg.loss
+  clean, _, _, _, mask = _prep(batch)
+  rec, mean, logvar = nnx.merge(setup.ae_def, params)(clean, key)
+  l1 = jnp.mean(jnp.abs(rec - clean))
+  ssim = jnp.mean(jax.vmap(metrics.ssim)(rec[..., 0], clean[..., 0], jnp.ones_like(mask)))
+  kl = 0.5 * jnp.mean(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar)
+  loss = l1 + cfg.ssim_weight * (1.0 - ssim) + cfg.kl_weight * kl
+  return loss, {"loss": loss, "l1": l1, "ssim": ssim, "kl": kl}
+
+
+def diffusion_loss(setup, params, ae_params, batch, key):
+  clean, corrupted, n4, log_field, _ = _prep(batch)
+  z0 = jax.lax.stop_gradient(encode(setup, ae_params, clean))
+  zy, cond = jax.lax.stop_gradient(conditioning(setup, ae_params, corrupted, n4, log_field))
+  k_t, k_n = jax.random.split(key)
+  b = z0.shape[0]
+  sch = setup.schedule
+  t = jax.random.randint(k_t, (b,), 1, sch.steps + 1)
+  xt = diffusion.q_sample(sch, z0, zy, t, jax.random.normal(k_n, z0.shape))
+  level = sch.eta[t - 1] if sch.kind == "restoration" else 1.0 - sch.alpha_bar[t - 1]
+  pred = nnx.merge(setup.unet_def, params)(xt, t, level, cond)
+  loss = jnp.mean((pred - z0) ** 2)
+  return loss, {"loss": loss}
+
+
+def _ema(ema, params, decay):
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def make_steps(setup: Setup):
+  """Jitted (ae_step, diffusion_step): (state, batch, key) → (state, metrics)."""
+
+  @jax.jit
+  def ae_step(state, batch, key):
+    (_, m), g = jax.value_and_grad(lambda p: ae_loss(setup, p, batch, key), has_aux=True)(state["ae"])
+    updates, opt = setup.tx_ae.update(g, state["opt_ae"], state["ae"])
+    state = dict(state, ae=optax.apply_updates(state["ae"], updates), opt_ae=opt, step=state["step"] + 1)
+    return state, m
+
+  @jax.jit
+  def diffusion_step(state, batch, key):
+    loss_fn = lambda p: diffusion_loss(setup, p, state.get("ae"), batch, key)
+    (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(state["unet"])
+    updates, opt = setup.tx_unet.update(g, state["opt_unet"], state["unet"])
+    unet = optax.apply_updates(state["unet"], updates)
+    state = dict(state, unet=unet, opt_unet=opt, ema_unet=_ema(state["ema_unet"], unet, setup.cfg.train.ema),
+                 step=state["step"] + 1)
+    return state, m
+
+  return ae_step, diffusion_step
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+_STRUCTURAL = ("model", "schedule", "data")
+
+
+def _check_workdir(cfg, workdir: Path) -> None:
+  """Writes config.json, or refuses a workdir holding a run with another model/schedule/data."""
+  path = workdir / "config.json"
+  mine = json.loads(cfg.to_json_best_effort())
+  if path.exists():
+    theirs = json.loads(path.read_text())
+    diff = [k for k in _STRUCTURAL if theirs.get(k) != mine.get(k)]
+    if diff:
+      raise UserInputError(f"workdir '{workdir}' holds a run with a different {', '.join(diff)} config; "
+                           "use another --workdir (or delete it to start over)")
+  else:
+    from mri_jax.io.nifti import atomic_write_bytes
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(mine, indent=2).encode())
+
+
+def _check_data(cfg, source, n_devices: int) -> None:
+  example = source[0]
+  shape = tuple(np.asarray(example["clean"]).shape)
+  if len(shape) != 2:
+    raise UserInputError(f"the restorer trains on 2-D slices; dataset {cfg.data.name} holds shape {shape}")
+  factor = 2 ** (len(cfg.model.unet_channels) - 1) * (
+      2 ** (len(cfg.model.ae_channels) - 1) if cfg.model.space == "latent" else 1)
+  if any(n % factor for n in shape):
+    raise UserInputError(f"slices {shape} are not divisible by the model's downsampling {factor}")
+  if cfg.train.batch % n_devices:
+    raise UserInputError(f"batch {cfg.train.batch} is not divisible by {n_devices} devices")
+  if len(source) < cfg.train.batch:
+    raise UserInputError(f"dataset {cfg.data.name} has {len(source)} training examples, fewer than "
+                         f"one batch ({cfg.train.batch})")
+
+
+def _replicate(tree, mesh):
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def restore_batch(setup: Setup, state: dict, batch: dict, key: jax.Array, *, k: int = 1,
+                  ema: bool = True, stochastic_eta: float = 0.0) -> jax.Array:
+  """Restored images (B, X, Y), normalised to foreground mean 1, with K sampler steps."""
+  _, corrupted, n4, log_field, _ = _prep(batch)
+  zy, cond = conditioning(setup, state.get("ae"), corrupted, n4, log_field)
+  net = nnx.merge(setup.unet_def, state["ema_unet" if ema else "unet"])
+  sch = setup.schedule
+
+  def predict(x, t):
+    level = sch.eta[t - 1] if sch.kind == "restoration" else 1.0 - sch.alpha_bar[t - 1]
+    return net(x, t, level, cond)
+
+  z = diffusion.sample(sch, predict, zy, key, k=k, stochastic_eta=stochastic_eta)
+  return decode(setup, state.get("ae"), z)[..., 0]
+
+
+def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = None, log=print,
+          devices=None) -> dict:
+  """Trains (or resumes) the configured run in `workdir`; returns the final metrics.
+
+  Args:
+    stop_after: stop (after checkpointing) once this global step is reached — for tests that
+      emulate a killed run.
+    devices: devices of the data mesh (default: all devices of all processes).
+  """
+  import orbax.checkpoint as ocp
+  import grain.python as grain
+
+  workdir = Path(workdir).resolve()
+  _check_workdir(cfg, workdir)
+  data_dir = cfg.data.data_dir or None
+  try:
+    source = pipeline.data_source(cfg.data.name, "train", data_dir=data_dir)
+  except Exception as err:  # TFDS raises several types for a missing / unbuilt dataset
+    raise UserInputError(f"cannot read dataset {cfg.data.name} under data_dir '{data_dir or '(TFDS default)'}' "
+                         f"({type(err).__name__}); build it with `mri-jax build-data`") from None
+  mesh = pipeline.data_mesh(devices)
+  _check_data(cfg, source, len(mesh.devices.ravel()))
+  loader = pipeline.make_loader(cfg.data.name, "train", data_dir=data_dir, global_batch=cfg.train.batch,
+                                seed=cfg.seed, source=source,
+                                fields=("clean", "corrupted", "n4_corrected", "n4_log_field", "mask"))
+  it = iter(loader)
+  setup, state = init_state(cfg)
+  ae_step, diff_step = make_steps(setup)
+  total = (cfg.train.ae_steps if setup.ae_def is not None else 0) + cfg.train.diffusion_steps
+  ae_steps = total - cfg.train.diffusion_steps
+
+  mgr = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
+      max_to_keep=cfg.train.keep, save_interval_steps=cfg.train.checkpoint_every))
+  start = 0
+  if mgr.latest_step() is not None:
+    start = int(mgr.latest_step())
+    leaves, treedef = jax.tree.flatten(state)
+    abstract = {f"{i:05d}": ocp.utils.to_shape_dtype_struct(x) for i, x in enumerate(leaves)}
+    restored = mgr.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=grain.PyGrainCheckpointRestore(it)))
+    state = jax.tree.unflatten(treedef, [restored["state"][f"{i:05d}"] for i in range(len(leaves))])
+    log(f"resumed from step {start}")
+  state = _replicate(state, mesh)
+  base = jax.random.key(cfg.seed)
+  history = []
+  t0, last = time.perf_counter(), None
+  with open(workdir / "metrics.jsonl", "a") as out:
+    for step in range(start, total):
+      batch = pipeline.to_global(next(it), mesh)
+      key = jax.random.fold_in(base, step)
+      stage = "ae" if step < ae_steps else "diffusion"
+      state, m = (ae_step if stage == "ae" else diff_step)(state, batch, key)
+      done = step + 1
+      if done % cfg.train.log_every == 0 or done == total or done == stop_after:
+        m = {k: float(v) for k, v in m.items()}
+        if not np.isfinite(m["loss"]):
+          raise FloatingPointError(f"{stage} loss is {m['loss']} at step {done}; lower the learning rate "
+                                   "or check the data")
+        rate = (done - start) / (time.perf_counter() - t0)
+        log(f"step {done}/{total} [{stage}] " + " ".join(f"{k} {v:.4g}" for k, v in m.items())
+            + f" | {rate:.2f} steps/s, ETA {(total - done) / max(rate, 1e-9):.0f} s")
+        out.write(json.dumps({"step": done, "stage": stage, **m}) + "\n")
+        out.flush()
+        history.append({"step": done, "stage": stage, **m})
+        last = m
+      if done % cfg.train.checkpoint_every == 0 or done == total or done == stop_after:
+        flat = {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(state))}  # nnx/optax trees → flat dict
+        mgr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
+                                               data=grain.PyGrainCheckpointSave(it)), force=True)
+      if stop_after is not None and done >= stop_after:
+        break
+  mgr.wait_until_finished()
+  mgr.close()
+  return {"final": last, "history": history, "state": state, "setup": setup}

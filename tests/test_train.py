@@ -1,0 +1,108 @@
+"""Training on the tiny config: loss decreases, 1 vs 8 devices agree, kill-and-resume is exact."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the configs/ package
+
+from configs import tiny  # noqa: E402
+from mri_jax import cli, train  # noqa: E402
+from mri_jax.errors import UserInputError  # noqa: E402
+
+
+def _cfg(data_dir, **train_overrides):
+  c = tiny.get_config()
+  c.data.data_dir = str(data_dir)
+  c.train.ae_steps, c.train.diffusion_steps = 6, 6
+  c.train.log_every, c.train.checkpoint_every = 1, 4
+  for k, v in train_overrides.items():
+    c.train[k] = v
+  return c
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dataset, tmp_path_factory):
+  data_dir, _ = tiny_dataset
+  return train.train(_cfg(data_dir), tmp_path_factory.mktemp("run_full"), log=lambda m: None)
+
+
+def test_losses_decrease_and_one_step_restoration_is_finite(full_run, tiny_dataset):
+  h = full_run["history"]
+  ae = [r["loss"] for r in h if r["stage"] == "ae"]
+  dif = [r["loss"] for r in h if r["stage"] == "diffusion"]
+  assert len(ae) == 6 and len(dif) == 6
+  assert np.mean(ae[-2:]) < np.mean(ae[:2]) and np.mean(dif[-2:]) < np.mean(dif[:2])
+  from mri_jax.data import pipeline
+
+  data_dir, _ = tiny_dataset
+  loader = pipeline.make_loader("mri_pairs/tiny", "validation", data_dir=data_dir, global_batch=4, seed=0)
+  batch = next(iter(loader))
+  for k in (1, 3):
+    out = train.restore_batch(full_run["setup"], full_run["state"], batch, jax.random.key(0), k=k)
+    assert out.shape == batch["clean"].shape and bool(np.all(np.isfinite(np.asarray(out))))
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(full_run, tiny_dataset, tmp_path):
+  data_dir, _ = tiny_dataset
+  workdir = tmp_path / "run"
+  first = train.train(_cfg(data_dir), workdir, stop_after=8, log=lambda m: None)  # "killed" after 8
+  assert first["history"][-1]["step"] == 8
+  logs = []
+  resumed = train.train(_cfg(data_dir), workdir, log=logs.append)
+  assert logs[0] == "resumed from step 8"
+  for a, b in zip(_leaves(resumed["state"]), _leaves(full_run["state"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps == list(range(1, 13))
+
+
+def test_one_device_and_eight_devices_give_the_same_losses(tiny_dataset, tmp_path):
+  data_dir, _ = tiny_dataset
+  runs = []
+  for devices, name in ((jax.devices()[:1], "one"), (jax.devices(), "eight")):
+    cfg = _cfg(data_dir, ae_steps=3, diffusion_steps=2)
+    runs.append(train.train(cfg, tmp_path / name, devices=devices, log=lambda m: None)["history"])
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose([r["loss"] for r in runs[0]], [r["loss"] for r in runs[1]], rtol=2e-4)
+
+
+def test_clear_errors(tiny_dataset, tmp_path):
+  data_dir, _ = tiny_dataset
+  cfg = _cfg(data_dir, ae_steps=2, diffusion_steps=0)
+  cfg.optimizer.lr = float("nan")
+  with pytest.raises(FloatingPointError, match="at step 2"):
+    train.train(cfg, tmp_path / "nan", log=lambda m: None)
+  other = _cfg(data_dir)
+  other.model.latent = 3
+  with pytest.raises(UserInputError, match="different model"):
+    train.train(other, tmp_path / "nan", log=lambda m: None)
+  bad = _cfg(data_dir, batch=6)
+  with pytest.raises(UserInputError, match="not divisible by 8 devices"):
+    train.train(bad, tmp_path / "b", log=lambda m: None)
+  missing = _cfg(tmp_path / "nothing")
+  with pytest.raises(UserInputError, match="build it with"):
+    train.train(missing, tmp_path / "m", log=lambda m: None)
+
+
+def test_cli_config_overrides(tmp_path):
+  root = Path(__file__).resolve().parents[1]
+  cfg = cli.load_config(str(root / "configs/tiny.py"),
+                        ["--config.train.batch=16", "--config.optimizer.lr=0.01", "--config.model.condition_n4=false",
+                         "--config.model.unet_channels=8,16"])
+  assert cfg.train.batch == 16 and cfg.optimizer.lr == 0.01 and cfg.model.condition_n4 is False
+  assert tuple(cfg.model.unet_channels) == (8, 16)
+  for bad, message in (("--config.train.nope=1", "no field"), ("--config.train.batch=x", "cannot read"),
+                       ("--batch=3", "unrecognised")):
+    with pytest.raises(UserInputError, match=message):
+      cli.load_config(str(root / "configs/tiny.py"), [bad])
+  with pytest.raises(UserInputError, match="does not exist"):
+    cli.load_config(str(tmp_path / "none.py"), [])
