@@ -122,9 +122,11 @@ def load_config(spec: str, overrides: list[str]):
     raise UserInputError(f"config file '{path}' does not exist")
   import sys as _sys
 
-  root = str(Path(path).resolve().parent.parent)  # configs import each other as `configs.x`
-  if root not in _sys.path:
-    _sys.path.insert(0, root)
+  for parent in Path(path).resolve().parents:  # configs import each other as `configs.x`
+    if (parent / "configs" / "__init__.py").exists():
+      if str(parent) not in _sys.path:
+        _sys.path.insert(0, str(parent))
+      break
   mod_spec = importlib.util.spec_from_file_location(f"_mri_jax_config_{Path(path).stem}", path)
   module = importlib.util.module_from_spec(mod_spec)
   try:

@@ -257,7 +257,6 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   import grain.python as grain
 
   workdir = Path(workdir).resolve()
-  _check_workdir(cfg, workdir)
   data_dir = cfg.data.data_dir or None
   try:
     source = pipeline.data_source(cfg.data.name, "train", data_dir=data_dir)
@@ -266,6 +265,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
                          f"({type(err).__name__}); build it with `mri-jax build-data`") from None
   mesh = pipeline.data_mesh(devices)
   _check_data(cfg, source, len(mesh.devices.ravel()))
+  _check_workdir(cfg, workdir)  # after the data checks: a failed start leaves no config.json
   loader = pipeline.make_loader(cfg.data.name, "train", data_dir=data_dir, global_batch=cfg.train.batch,
                                 seed=cfg.seed, source=source,
                                 fields=("clean", "corrupted", "n4_corrected", "n4_log_field", "mask"))
