@@ -178,19 +178,26 @@ def patch_corners(mask: np.ndarray, size: int, n: int, rng: np.random.Generator)
 # --------------------------------------------------------------------------------------------
 # Corruption and N4
 # --------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("n_coils",))
-def _corrupt_batch(keys, cleans, masks, n_coils):
-  cfg = physics.sampling.training_ranges()
-  cfg.n_coils = n_coils
-  cfg.noise_correlation = (0.0, 0.0) if n_coils == 1 else cfg.noise_correlation
+def simulate_batch(keys, cleans, masks, n_coils: int, ranges=None):
+  """Corrupts (B, ...) clean images, one key each, with the training ranges and `n_coils` coils.
+
+  Pure and traceable; σ is relative to each image's mean inside its mask. Returns (images,
+  true fields, σ). Used by the dataset builder and by `pipeline.corrupt_on_device`.
+  """
+  cfg = physics.sampling.training_ranges() if ranges is None else ranges.copy_and_resolve_references()
+  cfg.n_coils = int(n_coils)
+  if n_coils == 1:
+    cfg.noise_correlation = (0.0, 0.0)
 
   def one(key, clean, mask):
     kp, kn = jax.random.split(key)
-    params = physics.sample_params(kp, cfg)
-    out = physics.simulate(kn, clean, params, reference_mask=mask)
+    out = physics.simulate(kn, clean, physics.sample_params(kp, cfg), reference_mask=mask)
     return out.image, out.bias, out.noise_sigma
 
-  return jax.vmap(one)(keys, cleans, masks)
+  return jax.vmap(one)(keys, cleans, jnp.asarray(masks).astype(bool))
+
+
+_corrupt_batch = jax.jit(simulate_batch, static_argnames=("n_coils",))
 
 
 def corrupt(cleans: np.ndarray, masks: np.ndarray, coils: np.ndarray, key: jax.Array):

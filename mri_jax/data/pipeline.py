@@ -110,21 +110,12 @@ def corrupt_on_device(key: jax.Array, clean: jax.Array, mask: jax.Array, *, n_co
   """
   import jax.numpy as jnp
 
-  from mri_jax import n4, physics
+  from mri_jax import n4
+  from mri_jax.data import pairs
 
-  cfg = physics.sampling.training_ranges() if ranges is None else ranges.copy_and_resolve_references()
-  cfg.n_coils = int(n_coils)
-  if n_coils == 1:
-    cfg.noise_correlation = (0.0, 0.0)
   settings = n4.N4Settings(iterations=(20, 20, 20)) if n4_settings is None else n4_settings
-
-  def one(k, x, m):
-    kp, kn = jax.random.split(k)
-    out = physics.simulate(kn, x, physics.sample_params(kp, cfg), reference_mask=m)
-    return out.image, out.bias, out.noise_sigma
-
   keys = jax.random.split(key, clean.shape[0])
-  image, bias, sigma = jax.vmap(one)(keys, clean, mask.astype(bool))
+  image, bias, sigma = pairs.simulate_batch(keys, clean, mask, n_coils, ranges)
   result = {"corrupted": image, "bias": bias, "noise_sigma": sigma}
   if settings is not False:
     p = n4.plan(clean.shape[1:], settings)

@@ -120,6 +120,13 @@ def q_sample(schedule: Schedule, x0: jax.Array, y: jax.Array | None, t: jax.Arra
   return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * noise
 
 
+def noise_level(schedule: Schedule, t: jax.Array) -> jax.Array:
+  """The network's noise-level input at step t: η_t (restoration) or 1 − ᾱ_t (the others)."""
+  if schedule.kind == "restoration":
+    return schedule.eta[jnp.asarray(t) - 1]
+  return 1.0 - schedule.alpha_bar[jnp.asarray(t) - 1]
+
+
 def start(schedule: Schedule, y: jax.Array, noise: jax.Array) -> jax.Array:
   """x_T: the corrupted input plus κ√η_T noise (restoration) or pure noise (the others)."""
   if schedule.kind == "restoration":

@@ -69,9 +69,11 @@ def otsu_mask(image: jax.Array, settings: N4Settings = N4Settings()) -> jax.Arra
   return _otsu_jit(image, make_plan(image.shape, settings))
 
 
-@functools.partial(jax.jit, static_argnames="p")
-def _otsu_jit(image, p):
+def _otsu_shrunk(image, p):
   return image > otsu_threshold(_shrink(image, p))
+
+
+_otsu_jit = jax.jit(_otsu_shrunk, static_argnames="p")
 
 
 def _masked_minmax(x, w):
@@ -174,7 +176,7 @@ def _core(image: jax.Array, mask: jax.Array, p: Plan, s: N4Settings) -> N4Result
 def _with_mask(image, mask, p, settings):
   image = jnp.asarray(image, jnp.float32)
   if mask is None:  # Otsu's threshold of the shrunk image (cheap), applied at full resolution
-    mask = image > otsu_threshold(_shrink(image, p))
+    mask = _otsu_shrunk(image, p)
   return _core(image, mask, p, settings)
 
 

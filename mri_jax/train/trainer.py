@@ -152,8 +152,7 @@ def diffusion_loss(setup, params, ae_params, batch, key):
   sch = setup.schedule
   t = jax.random.randint(k_t, (b,), 1, sch.steps + 1)
   xt = diffusion.q_sample(sch, z0, zy, t, jax.random.normal(k_n, z0.shape))
-  level = sch.eta[t - 1] if sch.kind == "restoration" else 1.0 - sch.alpha_bar[t - 1]
-  pred = nnx.merge(setup.unet_def, params)(xt, t, level, cond)
+  pred = nnx.merge(setup.unet_def, params)(xt, t, diffusion.noise_level(sch, t), cond)
   loss = jnp.mean((pred - z0) ** 2)
   return loss, {"loss": loss}
 
@@ -237,8 +236,7 @@ def restore_batch(setup: Setup, state: dict, batch: dict, key: jax.Array, *, k: 
   sch = setup.schedule
 
   def predict(x, t):
-    level = sch.eta[t - 1] if sch.kind == "restoration" else 1.0 - sch.alpha_bar[t - 1]
-    return net(x, t, level, cond)
+    return net(x, t, diffusion.noise_level(sch, t), cond)
 
   z = diffusion.sample(sch, predict, zy, key, k=k, stochastic_eta=stochastic_eta)
   return decode(setup, state.get("ae"), z)[..., 0]
