@@ -65,7 +65,7 @@ def simulate_array(clean: np.ndarray, *, seed: int, settings: dict, spacing=None
                        items, spacing)
 
 
-def _check_outputs(output_path, save_field, *inputs, overwrite: bool):
+def check_outputs(output_path, save_field, *inputs, overwrite: bool):
   """Validated OUTPUT and optional --save-field paths (never an input, never the same file)."""
   out = nifti.check_output_path(output_path, *inputs, overwrite=overwrite)
   field_out = None
@@ -89,7 +89,7 @@ def simulate_nifti(input_path, output_path, *, seed: int = 0, save_field=None, o
   if seed < 0:
     raise UserInputError(f"--seed must be a non-negative integer, got {seed}")
   cfg = corruption_settings(**settings)
-  out, field_out = _check_outputs(output_path, save_field, input_path, overwrite=overwrite)
+  out, field_out = check_outputs(output_path, save_field, input_path, overwrite=overwrite)
   img = nifti.load_nifti(input_path)
   if float(img.data.max()) <= 0.0:
     raise UserInputError(f"'{input_path}' has no positive voxel; σ is relative to the image maximum")
@@ -213,7 +213,7 @@ def n4_nifti(input_path, output_path, *, backend: str = "jax", mask_path=None, s
   settings = n4_settings() if settings is None else settings
   if backend not in n4.BACKENDS:
     raise UserInputError(f"--backend must be one of {n4.BACKENDS}, got {backend!r}")
-  out, field_out = _check_outputs(output_path, save_field, input_path, mask_path, overwrite=overwrite)
+  out, field_out = check_outputs(output_path, save_field, input_path, mask_path, overwrite=overwrite)
   img = nifti.load_nifti(input_path)
   data = img.data
   try:

@@ -231,6 +231,13 @@ def restore_batch(setup: Setup, state: dict, batch: dict, key: jax.Array, *, k: 
                   ema: bool = True, stochastic_eta: float = 0.0) -> jax.Array:
   """Restored images (B, X, Y), normalised to foreground mean 1, with K sampler steps."""
   _, corrupted, n4, log_field, _ = _prep(batch)
+  return restore_normalised(setup, state, corrupted, n4, log_field, key, k=k, ema=ema,
+                            stochastic_eta=stochastic_eta)
+
+
+def restore_normalised(setup: Setup, state: dict, corrupted, n4, log_field, key: jax.Array, *,
+                       k: int = 1, ema: bool = True, stochastic_eta: float = 0.0) -> jax.Array:
+  """`restore_batch` on inputs already normalised to foreground mean 1, NHWC (B, X, Y, 1)."""
   zy, cond = conditioning(setup, state.get("ae"), corrupted, n4, log_field)
   net = nnx.merge(setup.unet_def, state["ema_unet" if ema else "unet"])
   sch = setup.schedule
