@@ -30,5 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
                                                weight_decay=1e-4))
   c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2, kl_weight=1e-6))
   c.train = ml_collections.ConfigDict(dict(ae_steps=2_000, diffusion_steps=4_000, batch=8, ema=0.999,
-                                           log_every=50, checkpoint_every=500, keep=3))
+                                           log_every=50, checkpoint_every=500, keep=3,
+                                           eval_every=500, eval_batches=4, tensorboard=True))
   return c

@@ -23,4 +23,6 @@ def get_config():
   c.train.log_every = 5
   c.train.checkpoint_every = 10
   c.train.keep = 2
+  c.train.eval_every = 10
+  c.train.eval_batches = 1
   return c

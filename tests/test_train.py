@@ -20,6 +20,7 @@ def _cfg(data_dir, **train_overrides):
   c.data.data_dir = str(data_dir)
   c.train.ae_steps, c.train.diffusion_steps = 6, 6
   c.train.log_every, c.train.checkpoint_every = 1, 4
+  c.train.eval_every = 0  # validation is exercised by `full_run` only
   for k, v in train_overrides.items():
     c.train[k] = v
   return c
@@ -32,12 +33,30 @@ def _leaves(state):
 @pytest.fixture(scope="module")
 def full_run(tiny_dataset, tmp_path_factory):
   data_dir, _ = tiny_dataset
-  return train.train(_cfg(data_dir), tmp_path_factory.mktemp("run_full"), log=lambda m: None)
+  workdir = tmp_path_factory.mktemp("run_full")
+  out = train.train(_cfg(data_dir, eval_every=6), workdir, log=lambda m: None)
+  out["workdir"] = workdir
+  return out
+
+
+def test_validation_scores_grid_and_tensorboard_events(full_run):
+  evals = [r for r in full_run["history"] if r["stage"].startswith("eval_")]
+  assert [(r["step"], r["stage"]) for r in evals] == [(6, "eval_ae"), (12, "eval_diffusion")]
+  assert 0.0 < evals[0]["ae_ssim"] <= 1.0 and np.isfinite(evals[0]["ae_psnr"])
+  for k in ("restored", "corrupted", "n4"):
+    assert np.isfinite(evals[1][f"{k}_ssim"]) and np.isfinite(evals[1][f"{k}_psnr"])
+  workdir = full_run["workdir"]
+  pngs = sorted(p.name for p in (workdir / "samples").glob("*.png"))
+  assert pngs == ["step_0000006_ae.png", "step_0000012_diffusion.png"]
+  events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert events and events[0].stat().st_size > 0
+  stages = {json.loads(line)["stage"] for line in (workdir / "metrics.jsonl").read_text().splitlines()}
+  assert stages == {"ae", "diffusion", "eval_ae", "eval_diffusion"}
 
 
 def test_losses_decrease_and_one_step_restoration_is_finite(full_run, tiny_dataset):
   h = full_run["history"]
-  ae = [r["loss"] for r in h if r["stage"] == "ae"]
+  ae = [r["loss"] for r in h if r["stage"] == "ae"]  # (eval rows are separate stages)
   dif = [r["loss"] for r in h if r["stage"] == "diffusion"]
   assert len(ae) == 6 and len(dif) == 6
   assert np.mean(ae[-2:]) < np.mean(ae[:2]) and np.mean(dif[-2:]) < np.mean(dif[:2])

@@ -43,6 +43,7 @@ def _select(example: dict, fields) -> dict:
 
 def make_loader(name: str, split: str, *, data_dir=None, global_batch: int, seed: int,
                 num_epochs: int | None = None, shuffle: bool = True, worker_count: int = 0,
+                allow_small: bool = False,
                 fields=IMAGE_FIELDS + SCALAR_FIELDS, source=None):
   """A grain DataLoader of per-process batches (dicts of numpy arrays) from a built dataset.
 
@@ -51,6 +52,8 @@ def make_loader(name: str, split: str, *, data_dir=None, global_batch: int, seed
     global_batch: examples per step over all processes (divisible by the process count).
     seed: shuffle seed (same seed ⇒ same order).
     num_epochs: passes over the data; None repeats forever.
+    allow_small: with num_epochs None, accept a split smaller than one batch (examples then repeat
+      within a batch; validation of tiny datasets).
     worker_count: grain worker processes for decoding and prefetch (0 = in this process).
     fields: the record fields to keep (images as float32).
   """
@@ -61,7 +64,7 @@ def make_loader(name: str, split: str, *, data_dir=None, global_batch: int, seed
     raise ValueError(f"global batch {global_batch} is not divisible by {n_proc} processes")
   source = data_source(name, split, data_dir=data_dir) if source is None else source
   per_process = global_batch // n_proc
-  if len(source) < per_process * n_proc:
+  if len(source) < per_process * n_proc and not (allow_small and num_epochs is None):
     raise ValueError(f"{split} has {len(source)} examples, fewer than one global batch ({global_batch})")
   if worker_count > 0:
     _absl_flags_parsed()

@@ -184,6 +184,53 @@ def make_steps(setup: Setup):
   return ae_step, diffusion_step
 
 
+def _mean_scores(x, ref, mask, prefix):
+  s = jax.vmap(metrics.masked_scores)(x, ref, mask)
+  return {f"{prefix}_ssim": jnp.mean(s["ssim"]), f"{prefix}_psnr": jnp.mean(s["psnr"])}
+
+
+def make_eval(setup: Setup):
+  """Jitted validation: (state, batch, key) → (scores, images) for the autoencoder stage
+  (reconstruction of the clean image: the restorer's ceiling) and for the diffusion stage
+  (restored with the configured K vs clean, next to the corrupted input and N4)."""
+
+  @jax.jit
+  def ae_eval(state, batch, key):
+    clean, _, _, _, mask = _prep(batch)
+    rec = decode(setup, state["ae"], encode(setup, state["ae"], clean))[..., 0]
+    return _mean_scores(rec, clean[..., 0], mask, "ae"), {"reconstructed": rec, "clean": clean[..., 0]}
+
+  @jax.jit
+  def diffusion_eval(state, batch, key):
+    clean, corrupted, n4, _, mask = _prep(batch)
+    out = restore_batch(setup, state, batch, key, k=int(setup.cfg.schedule.sample_steps))
+    scores = {**_mean_scores(out, clean[..., 0], mask, "restored"),
+              **_mean_scores(corrupted[..., 0], clean[..., 0], mask, "corrupted"),
+              **_mean_scores(n4[..., 0], clean[..., 0], mask, "n4")}
+    return scores, {"corrupted": corrupted[..., 0], "N4": n4[..., 0], "restored": out, "clean": clean[..., 0]}
+
+  return ae_eval, diffusion_eval
+
+
+def image_grid(images: dict, rows: int = 4) -> np.ndarray:
+  """uint8 grid: one row per example, one column per entry of `images` (foreground mean 1 → 0.5)."""
+  cols = [np.asarray(v[:rows], np.float32) for v in images.values()]
+  grid = np.concatenate([np.concatenate(list(c), axis=0) for c in cols], axis=1)
+  return (np.clip(grid / 2.0, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _save_png(path: Path, grid: np.ndarray) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp.png")
+  plt.imsave(tmp, grid, cmap="gray", vmin=0, vmax=255)
+  tmp.replace(path)
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -277,6 +324,17 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   it = iter(loader)
   setup, state = init_state(cfg)
   ae_step, diff_step = make_steps(setup)
+  eval_every = int(cfg.train.get("eval_every", 0))
+  if eval_every:
+    ae_eval, diff_eval = make_eval(setup)
+    try:
+      val_source = pipeline.data_source(cfg.data.name, "validation", data_dir=data_dir)
+    except Exception as err:
+      raise UserInputError(f"dataset {cfg.data.name} has no validation split ({type(err).__name__}); "
+                           "set --config.train.eval_every=0 to train without validation") from None
+    val_loader = pipeline.make_loader(cfg.data.name, "validation", data_dir=data_dir, global_batch=cfg.train.batch,
+                                      seed=cfg.seed, source=val_source, shuffle=False, allow_small=True,
+                                      fields=("clean", "corrupted", "n4_corrected", "n4_log_field", "mask"))
   total = (cfg.train.ae_steps if setup.ae_def is not None else 0) + cfg.train.diffusion_steps
   ae_steps = total - cfg.train.diffusion_steps
 
@@ -295,7 +353,29 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   base = jax.random.key(cfg.seed)
   history = []
   t0, last = time.perf_counter(), None
-  with open(workdir / "metrics.jsonl", "a") as out:
+  from mri_jax.train.writers import MetricWriter
+
+  writer = MetricWriter(workdir, tensorboard=bool(cfg.train.get("tensorboard", True)))
+
+  def validate(done: int, stage: str) -> dict:
+    """Scores averaged over the first `eval_batches` validation batches; PNG grid of the first."""
+    fn = ae_eval if stage == "ae" else diff_eval
+    vit = iter(val_loader)
+    totals, grid = {}, None
+    n = int(cfg.train.get("eval_batches", 1))
+    for b in range(n):
+      scores, images = fn(state, pipeline.to_global(next(vit), mesh), jax.random.fold_in(jax.random.fold_in(base, 2 ** 31 - 1), b))
+      for k, v in scores.items():
+        totals[k] = totals.get(k, 0.0) + float(v) / n
+      if grid is None:
+        grid = image_grid(images)
+    writer.write_scalars(done, totals, stage=f"eval_{stage}")
+    writer.write_images(done, {f"eval_{stage}/{' | '.join(images)}": grid})
+    _save_png(workdir / "samples" / f"step_{done:07d}_{stage}.png", grid)
+    log(f"eval at step {done} [{stage}] " + " ".join(f"{k} {v:.4g}" for k, v in totals.items()))
+    return totals
+
+  try:
     for step in range(start, total):
       batch = pipeline.to_global(next(it), mesh)
       key = jax.random.fold_in(base, step)
@@ -310,16 +390,19 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
         rate = (done - start) / (time.perf_counter() - t0)
         log(f"step {done}/{total} [{stage}] " + " ".join(f"{k} {v:.4g}" for k, v in m.items())
             + f" | {rate:.2f} steps/s, ETA {(total - done) / max(rate, 1e-9):.0f} s")
-        out.write(json.dumps({"step": done, "stage": stage, **m}) + "\n")
-        out.flush()
+        writer.write_scalars(done, m, stage=stage)
         history.append({"step": done, "stage": stage, **m})
         last = m
+      if eval_every and (done % eval_every == 0 or done == total or done == ae_steps):
+        history.append({"step": done, "stage": f"eval_{stage}", **validate(done, stage)})
       if done % cfg.train.checkpoint_every == 0 or done == total or done == stop_after:
         flat = {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(state))}  # nnx/optax trees → flat dict
         mgr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
                                                data=grain.PyGrainCheckpointSave(it)), force=True)
       if stop_after is not None and done >= stop_after:
         break
+  finally:
+    writer.close()
   mgr.wait_until_finished()
   mgr.close()
   return {"final": last, "history": history, "state": state, "setup": setup}
