@@ -193,6 +193,23 @@ def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size
   return res.image, res.seconds["total"] / len(images)
 
 
+def ae_ceiling(model, clean: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+  """The autoencoder's reconstruction of the clean slices (foreground mean 1): the restorer's
+  ceiling. None for a pixel-space model."""
+  from mri_jax.train import trainer
+
+  if model.params.get("ae") is None:
+    return None
+  f = model.factor
+  n, nx, ny = clean.shape
+  px, py = -(-nx // f) * f, -(-ny // f) * f
+  means = np.array([c[m].mean() if m.any() else 1.0 for c, m in zip(clean, mask)], np.float32)
+  x = np.pad(clean / means[:, None, None], ((0, 0), (0, px - nx), (0, py - ny)))[..., None]
+  fn = jax.jit(lambda p, v: trainer.decode(model.setup, p, trainer.encode(model.setup, p, v)))
+  out = np.concatenate([np.asarray(fn(model.params["ae"], x[i:i + 16])) for i in range(0, n, 16)])
+  return out[:, :nx, :ny, 0] * means[:, None, None]
+
+
 def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=print) -> tuple[list, dict]:
   """Rows (method, SSIM, PSNR, bias residual, s/slice) and the images per method."""
   outputs = {"corrupted": (ts.corrupted, 0.0), "oracle: corrupted / true field": (ts.corrupted / ts.bias, 0.0)}
@@ -213,6 +230,9 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   for k in steps:
     log(f"[{ts.name}] restorer, K = {k}...")
     outputs[f"restorer K = {k}"] = run_restorer(model, ts.corrupted, k, seed=seed)
+  rec = ae_ceiling(model, ts.clean, ts.mask)
+  if rec is not None:
+    outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
   rows = []
   base = None
   for name, (img, t) in outputs.items():

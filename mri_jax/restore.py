@@ -19,6 +19,9 @@ How an image goes through (the same preparation the training slices had):
    batches of `batch_size`, one compiled program per (batch, padded shape).
 5. The output is cropped, multiplied back by each slice's scale (so it is on the input's intensity
    scale, with the bias removed) and clipped at 0 (magnitude images).
+6. Slices of a volume whose foreground is under 64 voxels or under 10% of the largest slice's
+   (the caps above and below the anatomy, which the model never saw in training) are passed
+   through unchanged.
 
 Checkpoints: `load_model(None)` loads `mri_jax/weights/default/` (config.json + model.npz, the
 exported EMA weights); `load_model(DIR)` loads an exported DIR the same way, or a training workdir
@@ -43,6 +46,7 @@ from mri_jax.errors import UserInputError
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "default"
 N4_CHOICES = ("jax", "sitk", "none")
 MIN_FOREGROUND = 64  # voxels a slice needs to get its own intensity scale
+PASS_THROUGH_FRACTION = 0.1  # slices with less foreground than this × the largest slice's are not restored
 
 
 @dataclasses.dataclass
@@ -329,6 +333,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     raise UserInputError("no foreground found (Otsu's mask is empty)")
   fg_mean = float(slices[mask].mean())
   counts = mask.reshape(len(slices), -1).sum(axis=1)
+  # Slices with (almost) no anatomy — the caps of a volume — were never in training: pass them through.
+  anatomy = counts >= max(MIN_FOREGROUND, PASS_THROUGH_FRACTION * counts.max())
   sums = (slices * mask).reshape(len(slices), -1).sum(axis=1)
   scale = np.where(counts >= MIN_FOREGROUND, sums / np.maximum(counts, 1), fg_mean).astype(np.float32)
   scale = np.maximum(scale, 1e-12)
@@ -357,6 +363,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   times["network"] = time.perf_counter() - t1
   crop = (slice(None), slice(pads[1][0], pads[1][0] + nx), slice(pads[2][0], pads[2][0] + ny))
   restored = np.maximum(out[crop], 0.0) * scale[:, None, None]
+  restored[~anatomy] = slices[~anatomy]
   field = None if n4 == "none" else np.exp(n4_log[crop])
   if vol.ndim == 3:
     restored, mask_o = np.moveaxis(restored, 0, ax), np.moveaxis(mask, 0, ax)

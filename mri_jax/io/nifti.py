@@ -112,6 +112,9 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
   path = Path(path)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     with os.fdopen(fd, "wb") as f:
       f.write(payload)
       f.flush()
