@@ -135,14 +135,22 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 def test_demo_runs_on_the_embedded_default(tmp_path, capsys):
   code, stdout, _ = _run(["demo", str(tmp_path / "demo")], capsys)
-  assert code == 0
+  assert code == 0 and "| restored |" in stdout
   out = tmp_path / "demo"
-  for name in ("clean.nii.gz", "corrupted.nii.gz", "bias_field.nii.gz", "montage.png", "metrics.json", "metrics.md"):
+  for name in ("clean", "corrupted", "bias_field", "n4", "restored"):
+    assert (out / f"{name}.nii.gz").stat().st_size > 0
+  for name in ("montage.png", "metrics.json", "metrics.md"):
     assert (out / name).stat().st_size > 0
-  metrics = json.loads((out / "metrics.json").read_text())
-  # The simulator's bias raises white-matter CV well above the clean template's; dividing by the
+  m = json.loads((out / "metrics.json").read_text())["methods"]
+  # The simulator's bias raises white-matter CV well above the clean subject's; dividing by the
   # true field brings it back near the clean value plus noise.
-  assert metrics["wm_cv_corrupted"] > 3 * metrics["wm_cv_clean"]
-  assert metrics["wm_cv_corrupted_divided_by_true_bias"] < 0.5 * metrics["wm_cv_corrupted"]
+  assert m["corrupted"]["wm_cv"] > 3 * m["clean"]["wm_cv"]
+  assert m["corrupted / true field (oracle)"]["wm_cv"] < 0.5 * m["corrupted"]["wm_cv"]
+  # The shipped restorer improves on its input (structure and bias) on this unseen subject.
+  assert m["restored"]["ssim"] > m["corrupted"]["ssim"] + 0.03
+  assert m["restored"]["psnr"] > m["corrupted"]["psnr"] + 2.0
+  assert m["restored"]["wm_cv"] < 0.8 * m["corrupted"]["wm_cv"]
+  restored = nib.load(str(out / "restored.nii.gz"))
+  np.testing.assert_allclose(restored.affine, nib.load(str(out / "clean.nii.gz")).affine)
   with gzip.open(out / "corrupted.nii.gz") as f:
     assert len(f.read()) > 348
