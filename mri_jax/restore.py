@@ -91,7 +91,7 @@ def _unflat(template, flat: dict[str, np.ndarray], what: str):
       raise UserInputError(f"{what}: weights do not match the model in its config.json "
                            f"({k} {'missing' if k not in flat else f'has shape {flat[k].shape}, expected {x.shape}'})")
     leaves.append(jnp.asarray(flat[k], x.dtype))
-  return jax.tree.unflatten(treedef[1] if isinstance(treedef, tuple) else treedef, leaves)
+  return jax.tree.unflatten(treedef, leaves)
 
 
 def _read_config(directory: Path) -> ml_collections.ConfigDict:
