@@ -184,11 +184,13 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
           "bias_residual": float(np.nanmean(bias_residual(x, ts.clean, ts.mask)))}
 
 
-def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16):
-  """Restores (N, X, Y) slices as one stack (slice axis 0), timed after a warm-up call."""
+def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False):
+  """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
+  measured after a warm-up call (compilation) when `timed`."""
   from mri_jax import restore
 
-  restore.restore_array(images[:batch_size], model, steps=k, seed=seed, axis=0, batch_size=batch_size)
+  if timed:
+    restore.restore_array(images[:batch_size], model, steps=k, seed=seed, axis=0, batch_size=batch_size)
   res = restore.restore_array(images, model, steps=k, seed=seed, axis=0, batch_size=batch_size)
   return res.image, res.seconds["total"] / len(images)
 
@@ -229,7 +231,7 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
     outputs["N4 + BM3D"] = (bm[0], n4_t + bm[1])
   for k in steps:
     log(f"[{ts.name}] restorer, K = {k}...")
-    outputs[f"restorer K = {k}"] = run_restorer(model, ts.corrupted, k, seed=seed)
+    outputs[f"restorer K = {k}"] = run_restorer(model, ts.corrupted, k, seed=seed, timed=True)
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
@@ -366,10 +368,10 @@ def montage(path: Path, sets: list[tuple[TestSet, dict]], extra=None) -> None:
     for a in axes[r]:
       a.set_xticks([]), a.set_yticks([])
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=80)
+  from mri_jax.io.nifti import save_figure
+
+  save_figure(path, fig, dpi=80)
   plt.close(fig)
-  tmp.replace(path)
 
 
 def evaluate(outdir, *, data_dir=None, dataset: str = "mri_pairs/slices128", split: str = "test",

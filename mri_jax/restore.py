@@ -62,9 +62,9 @@ class Model:
   @property
   def factor(self) -> int:
     """Total downsampling: images are padded to a multiple of it."""
-    m = self.config.model
-    f = 2 ** (len(m.unet_channels) - 1)
-    return f * (2 ** (len(m.ae_channels) - 1) if m.space == "latent" else 1)
+    from mri_jax.train import trainer
+
+    return trainer.downsampling(self.config)
 
   @property
   def default_steps(self) -> int:

@@ -143,10 +143,8 @@ def _montage(path: Path, panels: dict[str, np.ndarray], title: str, errors_again
         ax.set_ylabel(view)
   fig.suptitle(title)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=80)
+  nifti.save_figure(path, fig, dpi=80)
   plt.close(fig)
-  tmp.replace(path)
 
 
 DEMO_SUBJECT_SPLIT = 7  # a key branch no dataset split uses: the demo subject is never a training subject

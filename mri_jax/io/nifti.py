@@ -125,6 +125,15 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     raise
 
 
+def save_figure(path: str | os.PathLike, fig, **savefig_kwargs) -> None:
+  """Saves a matplotlib figure as PNG atomically (rendered in memory, then `atomic_write_bytes`)."""
+  import io
+
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", **savefig_kwargs)
+  atomic_write_bytes(path, buf.getvalue())
+
+
 def save_nifti_like(path: str | os.PathLike, data: np.ndarray, like: NiftiImage, *,
                     description: str | None = None) -> Path:
   """Writes `data` (shape of `like.data`) as float32 with `like`'s header, affine and shape.

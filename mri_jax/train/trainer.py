@@ -41,6 +41,12 @@ def latent_channels(cfg) -> int:
   return 1 if cfg.model.space == "pixel" else cfg.model.latent
 
 
+def downsampling(cfg) -> int:
+  """Total spatial downsampling of the restorer (UNet levels × autoencoder in latent space)."""
+  f = 2 ** (len(cfg.model.unet_channels) - 1)
+  return f * (2 ** (len(cfg.model.ae_channels) - 1) if cfg.model.space == "latent" else 1)
+
+
 def cond_channels(cfg) -> int:
   c = latent_channels(cfg)
   return c + (c + 1 if cfg.model.condition_n4 else 0)  # corrupted [+ N4 image + N4 log field]
@@ -220,21 +226,24 @@ def image_grid(images: dict, rows: int = 4) -> np.ndarray:
 
 
 def _save_png(path: Path, grid: np.ndarray) -> None:
-  import matplotlib
+  """Writes a uint8 grid as a grayscale PNG, atomically."""
+  import io
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.image
+
+  from mri_jax.io.nifti import atomic_write_bytes
 
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  plt.imsave(tmp, grid, cmap="gray", vmin=0, vmax=255)
-  tmp.replace(path)
+  buf = io.BytesIO()
+  matplotlib.image.imsave(buf, grid, cmap="gray", vmin=0, vmax=255, format="png")
+  atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 _STRUCTURAL = ("model", "schedule", "data")
+_TRAIN_FIELDS = ("clean", "corrupted", "n4_corrected", "n4_log_field", "mask")  # what a step reads
 
 
 def _check_workdir(cfg, workdir: Path) -> None:
@@ -259,8 +268,7 @@ def _check_data(cfg, source, n_devices: int) -> None:
   shape = tuple(np.asarray(example["clean"]).shape)
   if len(shape) != 2:
     raise UserInputError(f"the restorer trains on 2-D slices; dataset {cfg.data.name} holds shape {shape}")
-  factor = 2 ** (len(cfg.model.unet_channels) - 1) * (
-      2 ** (len(cfg.model.ae_channels) - 1) if cfg.model.space == "latent" else 1)
+  factor = downsampling(cfg)
   if any(n % factor for n in shape):
     raise UserInputError(f"slices {shape} are not divisible by the model's downsampling {factor}")
   if cfg.train.batch % n_devices:
@@ -320,7 +328,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   _check_workdir(cfg, workdir)  # after the data checks: a failed start leaves no config.json
   loader = pipeline.make_loader(cfg.data.name, "train", data_dir=data_dir, global_batch=cfg.train.batch,
                                 seed=cfg.seed, source=source,
-                                fields=("clean", "corrupted", "n4_corrected", "n4_log_field", "mask"))
+                                fields=_TRAIN_FIELDS)
   it = iter(loader)
   setup, state = init_state(cfg)
   ae_step, diff_step = make_steps(setup)
@@ -334,7 +342,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
                            "set --config.train.eval_every=0 to train without validation") from None
     val_loader = pipeline.make_loader(cfg.data.name, "validation", data_dir=data_dir, global_batch=cfg.train.batch,
                                       seed=cfg.seed, source=val_source, shuffle=False, allow_small=True,
-                                      fields=("clean", "corrupted", "n4_corrected", "n4_log_field", "mask"))
+                                      fields=_TRAIN_FIELDS)
   total = (cfg.train.ae_steps if setup.ae_def is not None else 0) + cfg.train.diffusion_steps
   ae_steps = total - cfg.train.diffusion_steps
 
