@@ -16,7 +16,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(name="mri_pairs/slices128", data_dir=""))
+  # process_sharding: "records" (each host reads its shard) or "global" (every host walks the same
+  # global batches: identical batches for any host count; see pipeline.make_loader)
+  c.data = ml_collections.ConfigDict(dict(name="mri_pairs/slices128", data_dir="", process_sharding="records"))
   c.model = ml_collections.ConfigDict(dict(
       space="latent",               # or "pixel": the same UNet on images (ablation)
       ae_channels=(16, 32, 64),     # downsampling 4
@@ -31,5 +33,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2, kl_weight=1e-6))
   c.train = ml_collections.ConfigDict(dict(ae_steps=2_000, diffusion_steps=4_000, batch=8, ema=0.999,
                                            log_every=50, checkpoint_every=500, keep=3,
-                                           eval_every=500, eval_batches=4, tensorboard=True))
+                                           eval_every=500, eval_batches=4, tensorboard=True,
+                                           compute_dtype="float32"))  # or "bfloat16" (mixed precision)
   return c

@@ -168,10 +168,33 @@ def load_config(spec: str, overrides: list[str]):
   return cfg
 
 
+def start_distributed(args) -> None:
+  """`jax.distributed.initialize` for multi-host training (before any JAX computation).
+
+  `--distributed` alone lets JAX detect the cluster (Cloud TPU pods, SLURM, Open MPI);
+  `--coordinator HOST:PORT --num-processes N --process-id I` sets it explicitly (e.g. several
+  processes on one machine). CPU collectives go through gloo.
+  """
+  explicit = (args.coordinator, args.num_processes, args.process_id)
+  if not args.distributed and all(v is None for v in explicit):
+    return
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    raise UserInputError("--coordinator, --num-processes and --process-id go together (or use --distributed "
+                         "alone to let JAX detect the cluster)")
+  if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+    raise UserInputError(f"--process-id must be in [0, {args.num_processes}), not {args.process_id}")
+  import jax
+
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                             process_id=args.process_id)
+
+
 def _cmd_train(args) -> int:
   from mri_jax import train
 
   cfg = load_config(args.config, args.overrides)
+  start_distributed(args)
   result = train.train(cfg, args.workdir, log=lambda m: print(m, flush=True))
   print(f"done: {args.workdir} (final {result['final']})")
   return 0
@@ -318,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
              "  mri-jax train --config configs/default.py --workdir runs/default --config.optimizer.lr=1e-4")
   p.add_argument("--config", required=True, help="config file, optionally with ':arg'")
   p.add_argument("--workdir", required=True, help="run directory (created; resumed when it holds a run)")
+  g = p.add_argument_group("multi-host (jax.distributed.initialize; run the same command on every host)")
+  g.add_argument("--distributed", action="store_true",
+                 help="initialise jax.distributed, detecting the cluster (Cloud TPU pod, SLURM, Open MPI)")
+  g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
+  g.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+  g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 … N-1")
   p.set_defaults(func=_cmd_train)
 
   p = sub.add_parser(

@@ -43,7 +43,7 @@ def _select(example: dict, fields) -> dict:
 
 def make_loader(name: str, split: str, *, data_dir=None, global_batch: int, seed: int,
                 num_epochs: int | None = None, shuffle: bool = True, worker_count: int = 0,
-                allow_small: bool = False,
+                allow_small: bool = False, process_sharding: str = "records",
                 fields=IMAGE_FIELDS + SCALAR_FIELDS, source=None):
   """A grain DataLoader of per-process batches (dicts of numpy arrays) from a built dataset.
 
@@ -56,6 +56,12 @@ def make_loader(name: str, split: str, *, data_dir=None, global_batch: int, seed
       within a batch; validation of tiny datasets).
     worker_count: grain worker processes for decoding and prefetch (0 = in this process).
     fields: the record fields to keep (images as float32).
+    process_sharding: how processes share the data (multi-host). "records": each process reads
+      its own contiguous shard of the records and shuffles within it (grain's ShardByJaxProcess;
+      the cheapest). "global": every process walks the same shuffled sequence of global batches
+      and keeps its slice of each, so the global batches are the same for any process count (a
+      2-process run sees exactly what a 1-process run sees) at the cost of every process
+      reading every record.
   """
   import grain.python as grain
 
@@ -68,15 +74,28 @@ def make_loader(name: str, split: str, *, data_dir=None, global_batch: int, seed
     raise ValueError(f"{split} has {len(source)} examples, fewer than one global batch ({global_batch})")
   if worker_count > 0:
     _absl_flags_parsed()
-  sampler = grain.IndexSampler(num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
+  if process_sharding not in ("records", "global"):
+    raise ValueError(f"process_sharding must be 'records' or 'global', not {process_sharding!r}")
+  shard = grain.ShardByJaxProcess(drop_remainder=True) if process_sharding == "records" else grain.NoSharding()
+  sampler = grain.IndexSampler(num_records=len(source), shard_options=shard,
                                shuffle=shuffle, num_epochs=num_epochs, seed=seed)
 
   class Select(grain.MapTransform):
     def map(self, example):
       return _select(example, fields)
 
-  return grain.DataLoader(data_source=source, sampler=sampler,
-                          operations=[Select(), grain.Batch(per_process, drop_remainder=True)],
+  operations = [Select()]
+  if process_sharding == "records":
+    operations.append(grain.Batch(per_process, drop_remainder=True))
+  else:
+    lo = jax.process_index() * per_process
+
+    class Slice(grain.MapTransform):
+      def map(self, batch):
+        return {k: v[lo:lo + per_process] for k, v in batch.items()}
+
+    operations += [grain.Batch(global_batch, drop_remainder=True), Slice()]
+  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=worker_count)
 
 

@@ -138,10 +138,25 @@ def conditioning(setup: Setup, ae_params, corrupted, n4, log_field):
   return zy, jnp.concatenate([zy, encode(setup, ae_params, n4), _pool(log_field, f)], axis=-1)
 
 
+def compute_dtype(cfg):
+  """The forward-pass dtype (`train.compute_dtype`): float32, or bfloat16 for mixed precision."""
+  name = cfg.train.get("compute_dtype", "float32")
+  if name not in ("float32", "bfloat16"):
+    raise UserInputError(f"train.compute_dtype must be 'float32' or 'bfloat16', not {name!r}")
+  return jnp.dtype(name)
+
+
+def _cast(tree, dtype):
+  """Floating leaves of `tree` in `dtype` (float32 master weights → the forward pass's copy)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def ae_loss(setup, params, batch, key):
   cfg = setup.cfg.loss
   clean, _, _, _, mask = _prep(batch)
-  rec, mean, logvar = nnx.merge(setup.ae_def, params)(clean, key)
+  dt = compute_dtype(setup.cfg)
+  rec, mean, logvar = nnx.merge(setup.ae_def, _cast(params, dt))(clean.astype(dt), key)
+  rec, mean, logvar = (a.astype(jnp.float32) for a in (rec, mean, logvar))
   l1 = jnp.mean(jnp.abs(rec - clean))
   ssim = jnp.mean(jax.vmap(metrics.ssim)(rec[..., 0], clean[..., 0], jnp.ones_like(mask)))
   kl = 0.5 * jnp.mean(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar)
@@ -158,7 +173,9 @@ def diffusion_loss(setup, params, ae_params, batch, key):
   sch = setup.schedule
   t = jax.random.randint(k_t, (b,), 1, sch.steps + 1)
   xt = diffusion.q_sample(sch, z0, zy, t, jax.random.normal(k_n, z0.shape))
-  pred = nnx.merge(setup.unet_def, params)(xt, t, diffusion.noise_level(sch, t), cond)
+  dt = compute_dtype(setup.cfg)
+  pred = nnx.merge(setup.unet_def, _cast(params, dt))(xt.astype(dt), t, diffusion.noise_level(sch, t).astype(dt),
+                                                      cond.astype(dt)).astype(jnp.float32)
   loss = jnp.mean((pred - z0) ** 2)
   return loss, {"loss": loss}
 
@@ -256,7 +273,7 @@ def _check_workdir(cfg, workdir: Path) -> None:
     if diff:
       raise UserInputError(f"workdir '{workdir}' holds a run with a different {', '.join(diff)} config; "
                            "use another --workdir (or delete it to start over)")
-  else:
+  elif jax.process_index() == 0:  # multi-host: one writer; the others only check
     from mri_jax.io.nifti import atomic_write_bytes
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -317,7 +334,14 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   import grain.python as grain
 
   workdir = Path(workdir).resolve()
+  lead = jax.process_index() == 0  # multi-host: process 0 writes logs, event files and PNGs
+  if not lead:
+    log = lambda message: None  # noqa: E731
   data_dir = cfg.data.data_dir or None
+  compute_dtype(cfg)  # refuse bad values before anything is written or compiled
+  sharding = cfg.data.get("process_sharding", "records")
+  if sharding not in ("records", "global"):
+    raise UserInputError(f"data.process_sharding must be 'records' or 'global', not {sharding!r}")
   try:
     source = pipeline.data_source(cfg.data.name, "train", data_dir=data_dir)
   except Exception as err:  # TFDS raises several types for a missing / unbuilt dataset
@@ -327,7 +351,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   _check_data(cfg, source, len(mesh.devices.ravel()))
   _check_workdir(cfg, workdir)  # after the data checks: a failed start leaves no config.json
   loader = pipeline.make_loader(cfg.data.name, "train", data_dir=data_dir, global_batch=cfg.train.batch,
-                                seed=cfg.seed, source=source,
+                                seed=cfg.seed, source=source, process_sharding=sharding,
                                 fields=_TRAIN_FIELDS)
   it = iter(loader)
   setup, state = init_state(cfg)
@@ -342,7 +366,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
                            "set --config.train.eval_every=0 to train without validation") from None
     val_loader = pipeline.make_loader(cfg.data.name, "validation", data_dir=data_dir, global_batch=cfg.train.batch,
                                       seed=cfg.seed, source=val_source, shuffle=False, allow_small=True,
-                                      fields=_TRAIN_FIELDS)
+                                      process_sharding=sharding, fields=_TRAIN_FIELDS)
   total = (cfg.train.ae_steps if setup.ae_def is not None else 0) + cfg.train.diffusion_steps
   ae_steps = total - cfg.train.diffusion_steps
 
@@ -361,9 +385,9 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   base = jax.random.key(cfg.seed)
   history = []
   t0, last = time.perf_counter(), None
-  from mri_jax.train.writers import MetricWriter
+  from mri_jax.train.writers import MetricWriter, NullWriter
 
-  writer = MetricWriter(workdir, tensorboard=bool(cfg.train.get("tensorboard", True)))
+  writer = MetricWriter(workdir, tensorboard=bool(cfg.train.get("tensorboard", True))) if lead else NullWriter()
 
   def validate(done: int, stage: str) -> dict:
     """Scores averaged over the first `eval_batches` validation batches; PNG grid of the first."""
@@ -376,10 +400,15 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       for k, v in scores.items():
         totals[k] = totals.get(k, 0.0) + float(v) / n
       if grid is None:
+        if jax.process_count() > 1:  # the batch is spread over processes: gather it for the grid
+          from jax.experimental import multihost_utils
+
+          images = multihost_utils.process_allgather(images, tiled=True)
         grid = image_grid(images)
     writer.write_scalars(done, totals, stage=f"eval_{stage}")
     writer.write_images(done, {f"eval_{stage}/{' | '.join(images)}": grid})
-    _save_png(workdir / "samples" / f"step_{done:07d}_{stage}.png", grid)
+    if lead:
+      _save_png(workdir / "samples" / f"step_{done:07d}_{stage}.png", grid)
     log(f"eval at step {done} [{stage}] " + " ".join(f"{k} {v:.4g}" for k, v in totals.items()))
     return totals
 

@@ -46,3 +46,19 @@ class MetricWriter:
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+class NullWriter:
+  """The writer of processes other than 0 in a multi-host run: writes nothing."""
+
+  def write_scalars(self, step: int, scalars: dict, *, stage: str) -> None:
+    pass
+
+  def write_images(self, step: int, images: dict) -> None:
+    pass
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
