@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from mri_jax.errors import UserInputError
 
@@ -200,6 +201,27 @@ def _cmd_train(args) -> int:
   return 0
 
 
+def _cmd_ablations(args) -> int:
+  from mri_jax import ablations
+  from mri_jax.io.nifti import atomic_write_bytes
+
+  rows = ablations.collect(args.runs)
+  table = ablations.to_markdown(rows)
+  for path in (args.markdown, args.csv, args.plot):
+    if path:
+      Path(path).parent.mkdir(parents=True, exist_ok=True)
+  print(table, end="")
+  for path, text in ((args.markdown, table), (args.csv, None)):
+    if path:
+      atomic_write_bytes(path, (text if text is not None else ablations.to_csv(rows)).encode())
+  if args.plot:
+    ablations.plot(rows, args.plot)
+  written = [p for p in (args.markdown, args.csv, args.plot) if p]
+  if written:
+    print("wrote " + ", ".join(written))
+  return 0
+
+
 def _cmd_restore(args) -> int:
   from mri_jax import restore
 
@@ -348,6 +370,21 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
   g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 … N-1")
   p.set_defaults(func=_cmd_train)
+
+  p = sub.add_parser(
+      "ablations", help="one table of training runs' last validation scores (ablations)",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Collect the last validation scores (restored / N4 / corrupted SSIM and PSNR vs "
+                  "clean, and the autoencoder ceiling) and the ablation axes (space, N4 conditioning, "
+                  "schedule, T, K, dtype) of training workdirs into one table. A RUN is a workdir or a "
+                  "folder of workdirs. Prints markdown; --markdown/--csv/--plot also write files.",
+      epilog="example:\n"
+             "  mri-jax ablations runs/ablations --markdown ablations.md --plot ablations.png")
+  p.add_argument("runs", nargs="+", metavar="RUN", help="training workdir, or a folder of them")
+  p.add_argument("--markdown", metavar="FILE", help="write the table as markdown")
+  p.add_argument("--csv", metavar="FILE", help="write the table as CSV")
+  p.add_argument("--plot", metavar="PNG", help="bar chart of SSIM / PSNR per run")
+  p.set_defaults(func=_cmd_ablations)
 
   p = sub.add_parser(
       "restore", help="remove noise and bias field from a NIfTI scan with the restorer",

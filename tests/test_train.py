@@ -110,6 +110,33 @@ def test_one_device_and_eight_devices_give_the_same_losses(tiny_dataset, tmp_pat
   np.testing.assert_allclose([r["loss"] for r in runs[0]], [r["loss"] for r in runs[1]], rtol=2e-4)
 
 
+def test_ablation_table_from_run_folders(full_run, tmp_path, capsys):
+  import shutil
+
+  runs = tmp_path / "runs"
+  for name, edit in (("base", None), ("pixel", "pixel")):
+    shutil.copytree(full_run["workdir"], runs / name, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    if edit:
+      cfg = json.loads((runs / name / "config.json").read_text())
+      cfg["model"]["space"] = edit
+      (runs / name / "config.json").write_text(json.dumps(cfg))
+  with open(runs / "pixel" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 13, "sta')  # a killed run's torn last line is ignored
+  out = tmp_path / "report"
+  assert cli.main(["ablations", str(runs), "--markdown", str(out / "t.md"), "--csv", str(out / "t.csv"),
+                   "--plot", str(out / "t.png")]) == 0
+  table = capsys.readouterr().out
+  last = [r for r in full_run["history"] if r["stage"] == "eval_diffusion"][-1]
+  lines = [l for l in table.splitlines() if l.startswith("| base") or l.startswith("| pixel")]
+  assert len(lines) == 2 and "| pixel | pixel |" in lines[1]
+  assert f"{last['restored_ssim']:.4f}" in lines[0] and f"{last['n4_psnr']:.2f}" in lines[0]
+  rows = (out / "t.csv").read_text().splitlines()
+  assert rows[0].startswith("run,space,n4_cond") and len(rows) == 3
+  assert (out / "t.png").read_bytes()[:4] == b"\x89PNG" and (out / "t.md").read_text() in table
+  assert cli.main(["ablations", str(tmp_path / "none")]) == 2
+  assert "does not exist" in capsys.readouterr().err
+
+
 def test_clear_errors(tiny_dataset, tmp_path):
   data_dir, _ = tiny_dataset
   cfg = _cfg(data_dir, ae_steps=2, diffusion_steps=0)
