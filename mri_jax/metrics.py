@@ -28,9 +28,10 @@ def _blur(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def normalise(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """x divided by its mean inside the mask."""
+  """x divided by its mean inside the mask (of |x|, which is the same for magnitude images and keeps
+  the scale finite for a network output whose foreground mean is ≤ 0, e.g. early in training)."""
   m = mask.astype(x.dtype)
-  return x / jnp.maximum(jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0), 1e-8)
+  return x / jnp.maximum(jnp.sum(jnp.abs(x) * m) / jnp.maximum(jnp.sum(m), 1.0), 1e-8)
 
 
 def ssim(x: jax.Array, ref: jax.Array, mask: jax.Array, data_range: jax.Array | float | None = None,

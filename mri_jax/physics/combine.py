@@ -17,9 +17,21 @@ def _sq_abs(z: jax.Array) -> jax.Array:
   return jnp.real(z) ** 2 + jnp.imag(z) ** 2
 
 
+def safe_sqrt(x: jax.Array) -> jax.Array:
+  """sqrt(x) for x ≥ 0 whose gradient at 0 is 0 instead of NaN (zero signal without noise: the
+  background of a noise-free simulation)."""
+  positive = x > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def magnitude(z: jax.Array) -> jax.Array:
+  """|z| of a complex image, differentiable at z = 0 (gradient 0 there)."""
+  return safe_sqrt(_sq_abs(z))
+
+
 def rss(coil_images: jax.Array, axis: int = 0) -> jax.Array:
-  """Root-sum-of-squares over the coil axis."""
-  return jnp.sqrt(jnp.sum(_sq_abs(coil_images), axis=axis))
+  """Root-sum-of-squares over the coil axis (gradient 0, not NaN, where every coil is 0)."""
+  return safe_sqrt(jnp.sum(_sq_abs(coil_images), axis=axis))
 
 
 def _inv_cov_maps(maps: jax.Array, covariance: jax.Array | None) -> jax.Array:

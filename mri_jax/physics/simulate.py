@@ -98,7 +98,7 @@ def simulate(key: jax.Array, clean: jax.Array, params: SimulationParams, *,
     image = combine.rss(coil_images)
     receive = bias_lib.receive_field(maps)
   else:
-    image = jnp.abs(combine.roemer(coil_images, maps, covariance))
+    image = combine.magnitude(combine.roemer(coil_images, maps, covariance))
     receive = combine.roemer_gain(maps, covariance)
   return Corrupted(image=image, bias=transmit * polynomial * receive, receive=receive,
                    transmit=transmit, polynomial=polynomial, noise_sigma=sigma,
