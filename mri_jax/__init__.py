@@ -1,22 +1,33 @@
 """mri_jax: restore MRI scans (noise and bias field) with JAX.
 
-Public API (grows with the project):
-  mri_jax.physics  — the coil-physics simulator (`simulate`, `make_params`, `sample_params`, ...).
-  mri_jax.n4       — N4 bias-field correction: JAX (`n4`, `n4_batch`, `n4_traced`) and SimpleITK
-                     (`n4_sitk`) backends with shared `N4Settings`.
-  mri_jax.data     — anatomy (`load_mni152`), synthetic subjects (`synth.synthesize`), dataset
-                     examples (`pairs.generate`), input pipeline (`pipeline.make_loader`,
-                     `pipeline.to_global`, `pipeline.corrupt_on_device`).
-  mri_jax.io       — NIfTI read/write keeping header and affine, atomic writes.
-  mri_jax.diffusion — restoration / linear / cosine / reverse-warm-up schedules and the K-step sampler.
-  mri_jax.models   — Flax NNX `Autoencoder` and conditional `UNet`.
-  mri_jax.train    — `train(config, workdir)`: data-parallel training with orbax resume.
-  mri_jax.restore  — `load_model`, `restore_array`, `restore_nifti`, `export_weights` (shipped
-                     default weights in mri_jax/weights/default).
-  mri_jax.evaluate — the comparison with N4 / NLM / the oracle and the faithfulness tests.
-  mri_jax.metrics  — masked SSIM / PSNR in JAX.
-  mri_jax.workflows — the file-level jobs behind the `mri-jax` commands.
+Public API (import the submodules; `import mri_jax` itself stays light):
+  mri_jax.physics   — the coil-physics simulator: `simulate(key, clean, params) -> Corrupted`,
+                      `make_params`, `sample_params`, `SimulationParams`; building blocks
+                      `coil_maps`, `biot_savart_sensitivity`, `falloff_sensitivity`,
+                      `transmit_field`, `polynomial_field`, `legendre_field`, `receive_field`,
+                      `complex_noise`, `add_noise`, `coil_covariance`, `rss`, `roemer`,
+                      `roemer_gain`, `reference_intensity`. Pure jnp: jit / vmap / grad.
+  mri_jax.n4        — N4 bias-field correction: JAX (`n4`, `n4_batch`, `n4_traced`, `plan`) and
+                      SimpleITK (`n4_sitk`) backends with shared `N4Settings`; `otsu_mask`.
+  mri_jax.io        — NIfTI read/write keeping header and affine, atomic writes (`io.nifti`).
+  mri_jax.data      — anatomy (`anatomy.load_mni152`), synthetic subjects (`synth.synthesize`),
+                      dataset examples (`pairs.generate`), input pipeline (`pipeline.make_loader`,
+                      `pipeline.data_mesh`, `pipeline.to_global`, `pipeline.corrupt_on_device`).
+  mri_jax.diffusion — restoration / linear / cosine / reverse-warm-up schedules (`make_schedule`,
+                      `q_sample`, `noise_level`) and the K-step sampler (`sample`).
+  mri_jax.models    — Flax NNX `Autoencoder` and conditional `UNet`.
+  mri_jax.train     — `train(config, workdir)`: data-parallel training over a device mesh,
+                      multi-host, orbax resume, validation, TensorBoard; `restore_batch`.
+  mri_jax.restore   — `load_model`, `restore_array`, `restore_nifti`, `export_weights` (the
+                      shipped default weights live in mri_jax/weights/default).
+  mri_jax.evaluate  — the comparison with N4 / NLM / the oracle and the faithfulness tests.
+  mri_jax.ablations — `collect(runs)`, `to_markdown`, `to_csv`, `plot`: one table of training runs.
+  mri_jax.metrics   — masked SSIM / PSNR in JAX (`masked_scores`, `ssim`, `psnr`, `normalise`).
+  mri_jax.workflows — the file-level jobs behind the `mri-jax` commands (`demo`, `build_data`,
+                      `simulate_nifti`, `n4_nifti`, `corruption_settings`, `simulate_array`).
+  mri_jax.cli       — the `mri-jax` command line (`main`, `load_config`).
 """
 
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+__all__ = ["__version__", "ablations", "cli", "data", "diffusion", "evaluate", "io", "metrics", "models", "n4",
+           "physics", "restore", "train", "workflows"]

@@ -97,11 +97,13 @@ def _fmt(v) -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
+  """The rows as a markdown table with `COLUMNS` (missing scores as –)."""
   head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
   return head + "".join("| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |\n" for r in rows)
 
 
 def to_csv(rows: list[dict]) -> str:
+  """The rows as CSV with `COLUMNS` (missing scores empty)."""
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
   w.writeheader()

@@ -257,6 +257,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """The `mri-jax` argument parser with one sub-command per job."""
   parser = _Parser(prog="mri-jax", description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -462,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Runs `mri-jax ARGV`; returns the exit code (0 ok, 2 user error with one line on stderr)."""
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   if extra and getattr(args, "command", None) != "train":

@@ -38,6 +38,7 @@ from mri_jax.models import Autoencoder, UNet
 # Models and state
 # --------------------------------------------------------------------------------------------
 def latent_channels(cfg) -> int:
+  """Channels of the space the UNet denoises: the latent, or 1 in pixel space."""
   return 1 if cfg.model.space == "pixel" else cfg.model.latent
 
 
@@ -48,6 +49,7 @@ def downsampling(cfg) -> int:
 
 
 def cond_channels(cfg) -> int:
+  """Channels of the UNet's conditioning stack."""
   c = latent_channels(cfg)
   return c + (c + 1 if cfg.model.condition_n4 else 0)  # corrupted [+ N4 image + N4 log field]
 
@@ -73,6 +75,8 @@ def make_tx(cfg_opt, steps: int) -> optax.GradientTransformation:
 
 @dataclasses.dataclass
 class Setup:
+  """The static parts of a run: config, schedule, network graph definitions and optimisers."""
+
   cfg: ml_collections.ConfigDict
   schedule: diffusion.Schedule
   ae_def: object
@@ -82,6 +86,7 @@ class Setup:
 
 
 def init_state(cfg) -> tuple[Setup, dict]:
+  """(Setup, initial train state: parameters, optimiser states, EMA weights, step) from `cfg.seed`."""
   ae, unet = build_models(cfg, cfg.seed)
   unet_def, unet_params = nnx.split(unet, nnx.Param)
   state = {"step": jnp.asarray(0, jnp.int32), "unet": unet_params, "ema_unet": unet_params}
@@ -124,6 +129,7 @@ def encode(setup: Setup, ae_params, x):
 
 
 def decode(setup: Setup, ae_params, z):
+  """Images (B, X, Y, 1) of latents z: the decoder, or z itself in pixel space."""
   if setup.ae_def is None:
     return z
   return nnx.merge(setup.ae_def, ae_params).decode(z)
@@ -152,6 +158,7 @@ def _cast(tree, dtype):
 
 
 def ae_loss(setup, params, batch, key):
+  """Autoencoder loss on the clean images: L1 + w·(1 − SSIM) + KL weight · KL; (loss, metrics)."""
   cfg = setup.cfg.loss
   clean, _, _, _, mask = _prep(batch)
   dt = compute_dtype(setup.cfg)
@@ -165,6 +172,7 @@ def ae_loss(setup, params, batch, key):
 
 
 def diffusion_loss(setup, params, ae_params, batch, key):
+  """x0-prediction MSE of the latent UNet at a random step t of the schedule; (loss, metrics)."""
   clean, corrupted, n4, log_field, _ = _prep(batch)
   z0 = jax.lax.stop_gradient(encode(setup, ae_params, clean))
   zy, cond = jax.lax.stop_gradient(conditioning(setup, ae_params, corrupted, n4, log_field))
