@@ -211,9 +211,10 @@ def _cmd_ablations(args) -> int:
     if path:
       Path(path).parent.mkdir(parents=True, exist_ok=True)
   print(table, end="")
-  for path, text in ((args.markdown, table), (args.csv, None)):
-    if path:
-      atomic_write_bytes(path, (text if text is not None else ablations.to_csv(rows)).encode())
+  if args.markdown:
+    atomic_write_bytes(args.markdown, table.encode())
+  if args.csv:
+    atomic_write_bytes(args.csv, ablations.to_csv(rows).encode())
   if args.plot:
     ablations.plot(rows, args.plot)
   written = [p for p in (args.markdown, args.csv, args.plot) if p]

@@ -37,6 +37,9 @@ def data_source(name: str, split: str, *, data_dir=None):
   return tfds.data_source(name, split=split, data_dir=data_dir)
 
 
+PROCESS_SHARDINGS = ("records", "global")  # see make_loader
+
+
 def _select(example: dict, fields) -> dict:
   return {k: np.asarray(example[k], np.float32 if k in IMAGE_FIELDS else None) for k in fields}
 
@@ -74,8 +77,8 @@ def make_loader(name: str, split: str, *, data_dir=None, global_batch: int, seed
     raise ValueError(f"{split} has {len(source)} examples, fewer than one global batch ({global_batch})")
   if worker_count > 0:
     _absl_flags_parsed()
-  if process_sharding not in ("records", "global"):
-    raise ValueError(f"process_sharding must be 'records' or 'global', not {process_sharding!r}")
+  if process_sharding not in PROCESS_SHARDINGS:
+    raise ValueError(f"process_sharding must be one of {PROCESS_SHARDINGS}, not {process_sharding!r}")
   shard = grain.ShardByJaxProcess(drop_remainder=True) if process_sharding == "records" else grain.NoSharding()
   sampler = grain.IndexSampler(num_records=len(source), shard_options=shard,
                                shuffle=shuffle, num_epochs=num_epochs, seed=seed)

@@ -348,8 +348,8 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   data_dir = cfg.data.data_dir or None
   compute_dtype(cfg)  # refuse bad values before anything is written or compiled
   sharding = cfg.data.get("process_sharding", "records")
-  if sharding not in ("records", "global"):
-    raise UserInputError(f"data.process_sharding must be 'records' or 'global', not {sharding!r}")
+  if sharding not in pipeline.PROCESS_SHARDINGS:
+    raise UserInputError(f"data.process_sharding must be one of {pipeline.PROCESS_SHARDINGS}, not {sharding!r}")
   try:
     source = pipeline.data_source(cfg.data.name, "train", data_dir=data_dir)
   except Exception as err:  # TFDS raises several types for a missing / unbuilt dataset
