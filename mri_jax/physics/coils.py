@@ -117,6 +117,31 @@ def falloff_sensitivity(pts: jax.Array, params: SimulationParams) -> jax.Array:
   return (mag * jnp.exp(1j * phase)).astype(jnp.complex64)
 
 
+def coarse_coil_maps(shape: Sequence[int], params: SimulationParams,
+                     spacing: Sequence[float] | None = None) -> jax.Array:
+  """The normalised coil maps of `coil_maps` on the coarse grid, before upsampling.
+
+  Returns:
+    (n_coils, *grid.coarse_shape(shape, params.coarse_size)) complex64.
+  """
+  shape = tuple(int(s) for s in shape)
+  coarse = grid.coarse_shape(shape, params.coarse_size)
+  pts = grid.points(coarse, grid.coarse_spacing(shape, coarse, spacing), params.slice_z)
+  flat = pts.reshape(-1, 3)
+  if params.coil_model == "biot_savart":
+    sens = biot_savart_sensitivity(flat, params)
+  else:
+    sens = falloff_sensitivity(flat, params)
+  sens = sens * jnp.exp(1j * params.coil_phase.astype(jnp.complex64))[:, None]
+  rss = jnp.sqrt(jnp.sum(jnp.abs(sens) ** 2, axis=0))  # (P,)
+  gamma = params.receive_strength
+  target = rss ** gamma
+  central = (flat[:, 0] ** 2 + flat[:, 1] ** 2) <= NORMALISATION_RADIUS**2
+  target = target / (jnp.sum(jnp.where(central, target, 0.0)) / jnp.maximum(jnp.sum(central), 1))
+  sens = sens * (target / rss)[None, :]
+  return sens.reshape((params.n_coils,) + coarse)
+
+
 def coil_maps(shape: Sequence[int], params: SimulationParams,
               spacing: Sequence[float] | None = None) -> jax.Array:
   """Complex receive sensitivity maps of `params.n_coils` loops for a 2-D slice or 3-D volume.
@@ -134,19 +159,4 @@ def coil_maps(shape: Sequence[int], params: SimulationParams,
   Returns:
     (n_coils, *shape) complex64.
   """
-  shape = tuple(int(s) for s in shape)
-  coarse = grid.coarse_shape(shape, params.coarse_size)
-  pts = grid.points(coarse, grid.coarse_spacing(shape, coarse, spacing), params.slice_z)
-  flat = pts.reshape(-1, 3)
-  if params.coil_model == "biot_savart":
-    sens = biot_savart_sensitivity(flat, params)
-  else:
-    sens = falloff_sensitivity(flat, params)
-  sens = sens * jnp.exp(1j * params.coil_phase.astype(jnp.complex64))[:, None]
-  rss = jnp.sqrt(jnp.sum(jnp.abs(sens) ** 2, axis=0))  # (P,)
-  gamma = params.receive_strength
-  target = rss ** gamma
-  central = (flat[:, 0] ** 2 + flat[:, 1] ** 2) <= NORMALISATION_RADIUS**2
-  target = target / (jnp.sum(jnp.where(central, target, 0.0)) / jnp.maximum(jnp.sum(central), 1))
-  sens = sens * (target / rss)[None, :]
-  return grid.upsample(sens.reshape((params.n_coils,) + coarse), shape)
+  return grid.upsample(coarse_coil_maps(shape, params, spacing), shape)

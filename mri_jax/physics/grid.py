@@ -85,31 +85,73 @@ def _keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
-  """(n_out, n_in) cubic (Keys, a=-0.5) upsampling matrix, pixel-centre aligned, edge-replicated.
+def interpolation_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+  """The 4-tap cubic (Keys, a=-0.5) upsampling kernel: indices and weights per output point.
 
-  Both grids cover the same extent; output centre i maps to input position (i+0.5)·n_in/n_out − 0.5.
-  Rows sum to one, and n_out == n_in gives the identity.
+  Pixel-centre aligned, edge-replicated: both grids cover the same extent, output centre i maps to
+  input position x = (i+0.5)·n_in/n_out − 0.5 and reads inputs floor(x) − 1 … floor(x) + 2 (clipped
+  to the grid). Weights sum to one; n_out == n_in gives the identity.
+
+  Returns:
+    indices (n_out, 4) int32 and weights (n_out, 4) float32.
   """
   x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
   base = np.floor(x).astype(np.int64)
+  taps = base[:, None] + np.arange(-1, 3)[None, :]
+  weights = _keys_cubic(x[:, None] - taps)
+  weights /= weights.sum(axis=1, keepdims=True)
+  return np.clip(taps, 0, n_in - 1).astype(np.int32), weights.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
+  """(n_out, n_in) dense form of `interpolation_taps` (rows sum to one; edge taps accumulate)."""
+  idx, w = interpolation_taps(n_out, n_in)
   mat = np.zeros((n_out, n_in), np.float64)
-  for tap in range(-1, 3):
-    idx = base + tap
-    w = _keys_cubic(x - idx)
-    np.add.at(mat, (np.arange(n_out), np.clip(idx, 0, n_in - 1)), w)
-  return (mat / mat.sum(axis=1, keepdims=True)).astype(np.float32)
+  np.add.at(mat, (np.repeat(np.arange(n_out), 4), idx.ravel()), w.ravel())
+  return mat.astype(np.float32)
 
 
-def upsample(field: jnp.ndarray, shape: Sequence[int]) -> jnp.ndarray:
-  """Separable cubic upsampling of the trailing len(shape) axes of `field` to `shape`."""
-  nd = len(shape)
-  lead = field.ndim - nd
-  for ax in range(nd):
+def upsample_axis(field: jnp.ndarray, axis: int, n_out: int) -> jnp.ndarray:
+  """Cubic upsampling of one axis of a real `field` to `n_out` points, 4 gathered taps per point.
+
+  Fast along a leading axis (each output slab is a weighted sum of 4 input slabs); along the
+  contiguous last axis use the dense form (`upsample_trailing`).
+  """
+  n_in = field.shape[axis]
+  if n_in == n_out:
+    return field
+  idx, w = interpolation_taps(int(n_out), int(n_in))
+  bshape = [1] * field.ndim
+  bshape[axis] = n_out
+  out = 0
+  for t in range(4):
+    tap = jnp.take(field, jnp.asarray(idx[:, t]), axis=axis, mode="clip")
+    out = out + tap * jnp.asarray(w[:, t]).reshape(bshape)
+  return out
+
+
+def upsample_trailing(field: jnp.ndarray, shape: Sequence[int]) -> jnp.ndarray:
+  """Cubic upsampling of the spatial axes after the first (dense matrices, real `field`).
+
+  The trailing len(shape) axes of `field` are spatial; the first spatial axis is left as it is.
+  """
+  lead = field.ndim - len(shape)
+  for ax in reversed(range(1, len(shape))):
     n_in = field.shape[lead + ax]
     if n_in == shape[ax]:
       continue
     mat = jnp.asarray(interpolation_matrix(int(shape[ax]), int(n_in)))
-    field = jnp.moveaxis(jnp.tensordot(mat.astype(field.real.dtype), field, axes=((1,), (lead + ax,))),
-                         0, lead + ax)
+    field = jnp.moveaxis(jnp.tensordot(mat, field, axes=((1,), (lead + ax,))), 0, lead + ax)
   return field
+
+
+def upsample(field: jnp.ndarray, shape: Sequence[int]) -> jnp.ndarray:
+  """Separable cubic upsampling of the trailing len(shape) axes of `field` to `shape`.
+
+  Real and complex fields (a complex field is upsampled as its real and imaginary parts).
+  """
+  if jnp.iscomplexobj(field):
+    return jax.lax.complex(upsample(jnp.real(field), shape), upsample(jnp.imag(field), shape))
+  lead = field.ndim - len(shape)
+  return upsample_axis(upsample_trailing(field, shape), lead, int(shape[0]))

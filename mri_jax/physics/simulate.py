@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from mri_jax.physics import bias as bias_lib
-from mri_jax.physics import coils, combine, noise
+from mri_jax.physics import coils, combine, grid, noise
 from mri_jax.physics.params import SimulationParams, n_poly_terms
 
 
@@ -83,23 +83,73 @@ def simulate(key: jax.Array, clean: jax.Array, params: SimulationParams, *,
   clean = jnp.asarray(clean, jnp.float32)
   shape = clean.shape
 
-  maps = coils.coil_maps(shape, params, spacing)  # (C, *shape)
+  coarse_maps = coils.coarse_coil_maps(shape, params, spacing)  # (C, *coarse)
   transmit = bias_lib.transmit_field(shape, params, spacing)
   polynomial = bias_lib.polynomial_field(params.poly_coefficients, shape, params.poly_order)
   signal = clean * transmit * polynomial
 
   sigma = params.noise_sigma * reference_intensity(clean, reference_mask)
-  covariance = None
-  if params.n_coils > 1:
-    covariance = noise.coil_covariance(params)
-  coil_images = noise.add_noise(key, maps * signal, sigma, covariance, params.noise_domain)
-
-  if params.combine == "rss":
-    image = combine.rss(coil_images)
-    receive = bias_lib.receive_field(maps)
-  else:
-    image = combine.magnitude(combine.roemer(coil_images, maps, covariance))
-    receive = combine.roemer_gain(maps, covariance)
+  covariance = noise.coil_covariance(params) if params.n_coils > 1 else None
+  if params.noise_domain == "kspace":
+    image, receive = _materialised_chain(key, coarse_maps, signal, sigma, covariance, params)
+  elif params.combine == "roemer":
+    image, receive = _fused_chain(key, coarse_maps, signal, sigma, covariance, "roemer")
+  elif covariance is None:
+    image, receive = _fused_chain(key, coarse_maps, signal, sigma, None, "rss")
+  else:  # RSS mixes the coils' noise voxel by voxel: only independent coils take the fused path
+    image, receive = jax.lax.cond(
+        params.noise_correlation == 0,
+        lambda: _fused_chain(key, coarse_maps, signal, sigma, None, "rss"),
+        lambda: _materialised_chain(key, coarse_maps, signal, sigma, covariance, params))
   return Corrupted(image=image, bias=transmit * polynomial * receive, receive=receive,
                    transmit=transmit, polynomial=polynomial, noise_sigma=sigma,
-                   coil_maps=maps if return_coil_maps else None)
+                   coil_maps=grid.upsample(coarse_maps, shape) if return_coil_maps else None)
+
+
+def _materialised_chain(key, coarse_maps, signal, sigma, covariance, params):
+  """All coil images at once (k-space noise, and RSS with correlated coil noise)."""
+  maps = grid.upsample(coarse_maps, signal.shape)
+  coil_images = noise.add_noise(key, maps * signal, sigma, covariance, params.noise_domain)
+  if params.combine == "rss":
+    return combine.rss(coil_images), bias_lib.receive_field(maps)
+  return (combine.magnitude(combine.roemer(coil_images, maps, covariance)),
+          combine.roemer_gain(maps, covariance))
+
+
+def _fused_chain(key, coarse_maps, signal, sigma, covariance, mode):
+  """Coil images one coil at a time, never all in memory: upsampled map, noise and combination
+  fused per coil (what makes the simulator fast on CPU; see benchmarks/RESULTS.md).
+
+  Same noise draws as `_materialised_chain` (per-coil keys of `noise.coil_keys`). Roemer with a
+  noise covariance Ψ = LLᴴ runs on the whitened maps s̃ = L⁻¹s: sᴴΨ⁻¹(s·ρ + L·w) = s̃ᴴ(s̃·ρ + w),
+  so the coils' noise w is independent there too, and the gain is ‖s̃‖ = sqrt(sᴴΨ⁻¹s).
+  """
+  shape = signal.shape
+  if covariance is not None:
+    chol = jnp.linalg.cholesky(covariance).astype(coarse_maps.dtype)
+    coarse_maps = jax.scipy.linalg.solve_triangular(chol, coarse_maps.reshape(len(chol), -1),
+                                                    lower=True).reshape(coarse_maps.shape)
+  # (C, 2, x_coarse, *shape[1:]): real/imaginary parts upsampled along all but the first axis.
+  partial = grid.upsample_trailing(jnp.stack([jnp.real(coarse_maps), jnp.imag(coarse_maps)], 1),
+                                   shape)
+  keys = noise.coil_keys(key, coarse_maps.shape[0])
+  zeros = jnp.zeros(shape, jnp.float32)
+
+  def one_coil(carry, xs):
+    key_data, part = xs
+    m_re, m_im = grid.upsample_axis(part, 1, shape[0])  # this coil's map
+    n_re, n_im = noise.coil_standard_noise(key_data, shape)
+    re = m_re * signal + sigma * n_re
+    im = m_im * signal + sigma * n_im
+    gain2 = carry[-1] + m_re * m_re + m_im * m_im
+    if mode == "rss":
+      return (carry[0] + re * re + im * im, gain2), None
+    # Roemer: accumulate conj(s̃)·(coil image).
+    return (carry[0] + m_re * re + m_im * im, carry[1] + m_re * im - m_im * re, gain2), None
+
+  init = (zeros, zeros) if mode == "rss" else (zeros, zeros, zeros)
+  out, _ = jax.lax.scan(one_coil, init, (keys, partial))
+  gain = combine.safe_sqrt(out[-1])
+  if mode == "rss":
+    return combine.safe_sqrt(out[0]), gain
+  return combine.safe_sqrt(out[0] ** 2 + out[1] ** 2) / gain, gain
