@@ -84,13 +84,19 @@ def biot_savart_sensitivity(pts: jax.Array, params: SimulationParams,
   wire = centres[:, None, :] + a * (cos * tangents[:, None, :] + sin * ez)
   dl = a * (2 * jnp.pi / segments) * (-sin * tangents[:, None, :] + cos * ez)
 
+  px, py, pz = pts[:, 0], pts[:, 1], pts[:, 2]
+
   def field(wire, dl):  # (..., M, 3) each -> (..., P) complex
-    r = pts[..., None, :, :] - wire[..., :, None, :]  # (..., M, P, 3)
-    inv = jax.lax.rsqrt(jnp.sum(r * r, -1) + WIRE_RADIUS**2) ** 3  # (..., M, P), 1/|r|³
-    dlx, dly, dlz = (dl[..., i, None] for i in range(3))
-    # Only the transverse components of dl × r are needed.
-    bx = jnp.sum((dly * r[..., 2] - dlz * r[..., 1]) * inv, axis=-2)
-    by = jnp.sum((dlz * r[..., 0] - dlx * r[..., 2]) * inv, axis=-2)
+    # One term per segment on (..., P) arrays with the points along the contiguous axis: XLA fuses
+    # the sum into one vectorised loop (a reduction over a (.., M, P, 3) array did not vectorise).
+    bx = by = 0.0
+    for m in range(segments):
+      (wx, wy, wz), (dlx, dly, dlz) = ([v[..., m, i, None] for i in range(3)] for v in (wire, dl))
+      rx, ry, rz = px - wx, py - wy, pz - wz
+      inv = jax.lax.rsqrt(rx * rx + ry * ry + rz * rz + WIRE_RADIUS**2) ** 3  # 1/|r|³
+      # Only the transverse components of dl × r are needed.
+      bx = bx + (dly * rz - dlz * ry) * inv
+      by = by + (dlz * rx - dlx * rz) * inv
     return jax.lax.complex(bx, -by)
 
   if params.n_coils * segments * pts.shape[0] <= _BROADCAST_LIMIT:
