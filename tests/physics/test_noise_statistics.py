@@ -108,3 +108,47 @@ def test_simulate_end_to_end_matches_noncentral_chi_per_voxel():
   rel = np.asarray(images).mean(0) / expected - 1
   assert abs(rel.mean()) < 0.003
   assert np.abs(rel).max() < 0.08
+
+
+def test_table_normals_match_the_standard_normal():
+  """The 16-bit quantile table behind every noise draw (see mri_jax.physics.noise)."""
+  table = physics.noise.normal_table().astype(np.float64)
+  assert abs(table.mean()) < 1e-7
+  assert abs(table.var() - 1) < 2e-6
+  assert abs((table**4).mean() - 3) < 1e-3  # Gaussian kurtosis
+  assert 4.38 < table.max() < 4.40 and np.all(np.diff(table) > 0)
+  # Draws: two per 32-bit word, real and imaginary parts independent, KS distance to N(0, 1)
+  # within sampling error (2^21 draws: 5% critical value 0.00094) plus the 2^-16 quantisation.
+  key_data = physics.noise.coil_keys(jax.random.key(3), 1)[0]
+  re, im = (np.asarray(x).ravel() for x in physics.noise.coil_standard_noise(key_data, (1024, 1024)))
+  z = np.sort(np.concatenate([re, im]))
+  ks = np.abs(special.ndtr(z) - (np.arange(z.size) + 0.5) / z.size).max()
+  assert ks < 0.0012
+  assert abs(np.corrcoef(re, im)[0, 1]) < 0.005
+
+
+@pytest.mark.parametrize("combine", ["rss", "roemer"])
+def test_fused_chain_equals_all_coils_at_once(combine):
+  """`simulate` combines coils one at a time (fast path); the explicit all-coil route (k-space
+  noise and correlated RSS use it) gives the same image and receive field for the same draws."""
+  from mri_jax.physics import coils
+  from mri_jax.physics.simulate import _fused_chain, _materialised_chain
+
+  shape = (40, 36, 20)
+  params = physics.make_params(4, combine=combine, coarse_size=8, noise_sigma=0.05,
+                               noise_correlation=0.3 if combine == "roemer" else 0.0,
+                               coil_jitter=np.array([[0.1, 0.0], [0.0, 0.05], [-0.1, 0.0], [0.0, 0.0]]))
+  signal = _uniform_signal(shape)
+  coarse = coils.coarse_coil_maps(shape, params)
+  cov = physics.coil_covariance(params)
+  key, sigma = jax.random.key(9), 0.05 * jnp.max(signal)
+  fused = _fused_chain(key, coarse, signal, sigma, cov if combine == "roemer" else None, combine)
+  explicit = _materialised_chain(key, coarse, signal, sigma, cov, params)
+  for a, b in zip(fused, explicit):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+  out = physics.simulate(key, signal, params.replace(b1_amplitude=jnp.float32(0.0)))
+  np.testing.assert_allclose(np.asarray(out.image), np.asarray(fused[0]), rtol=2e-5, atol=2e-6)
+
+
+def _uniform_signal(shape):
+  return jnp.asarray(np.random.default_rng(1).uniform(0.2, 1.0, shape), jnp.float32)
