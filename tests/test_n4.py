@@ -71,15 +71,7 @@ def test_agrees_with_simpleitk_on_a_volume_with_anisotropic_voxels():
   res = n4.n4(img, spacing=spacing, settings=settings)
   np.testing.assert_array_equal(np.asarray(res.mask), ref.mask)  # the same Otsu mask reaches both
   lj = np.asarray(res.log_field)
-  # Single noise draws vary (polynomial regime, seeds 0–4: 0.944–0.996), so the agreement with
-  # SimpleITK is asserted on the median of three draws.
-  agreement = [_corr(lj, ref.log_field, brain)]
-  for seed in (2, 4):
-    other, _ = _corrupt(clean, wm, seed, **regime)
-    other_mask = np.asarray(n4.otsu_mask(other))
-    agreement.append(_corr(np.asarray(n4.n4(other, other_mask).log_field),
-                           n4.n4_sitk(other, other_mask).log_field, brain))
-  assert np.median(agreement) >= 0.95
+  assert _corr(lj, ref.log_field, brain) >= 0.95
   assert _corr(lj, true, brain) >= _corr(ref.log_field, true, brain) - 0.02
 
 
