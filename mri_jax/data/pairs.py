@@ -4,6 +4,10 @@ Kept here, outside TFDS, so the generation is a plain, testable library function
 `generate(config, split, manual_dir)` yields `(key, example)` pairs.
 
 Sources of clean anatomy:
+- "mixed" (`PairsConfig.anatomy = 'mixed'`, no download): random label scenes, heads built on the
+  MNI152 maps and body-like scenes, with random per-label contrast, framing, resolution and field
+  of view (`mri_jax.data.labels`, `mri_jax.data.mixed`); example j of subject k of a split comes
+  from the key (seed, split, k, j). `contrast` holds '<scene>-<weighting>', e.g. 'head-t1';
 - "synthetic" (default, no download): subjects made by `mri_jax.data.synth` from the MNI152 tissue
   maps shipped in nilearn, subject k of a split seeded by (config seed, split, k);
 - "nifti": every `*.nii` / `*.nii.gz` under `manual_dir`, reoriented to RAS (closest canonical),
@@ -12,8 +16,9 @@ Sources of clean anatomy:
   IXI002-Guys-0828, contrast T1); subjects go to train / validation / test by a hash of the id,
   so every scan of a subject lands in the same split.
 
-Corruption: the coil-physics simulator with `physics.sampling.training_ranges()` ranges, the coil
-count drawn per example from `config.coils`; σ is a fraction of the mean clean foreground
+Corruption: the coil-physics simulator with `physics.sampling.training_ranges(config.corruption)`
+ranges (the default, or 'wide'), the coil count drawn per example from `config.coils` (and, for
+'wide', the coil model from its `coil_models`); σ is a fraction of the mean clean foreground
 intensity. N4 (JAX or SimpleITK backend, or none) runs on each corrupted slice/volume with an Otsu
 mask. Everything is deterministic given the config (same machine, same versions).
 """
@@ -32,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mri_jax import n4, physics
-from mri_jax.data import anatomy, synth
+from mri_jax.data import anatomy, labels, mixed, synth
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -53,6 +58,10 @@ class PairsConfig:
     n4_backend: 'jax', 'sitk' or 'none' (N4 fields then zero).
     n4_iterations: N4 iterations per level.
     seed: base seed.
+    anatomy: 'mni152' (synthetic subjects from the template, or NIfTI files) or 'mixed' (label
+      scenes with random contrast and geometry; 2-D only).
+    corruption: `training_ranges` variant ('' = the default ranges, 'wide', 'single_coil').
+    canvas: 'mixed' only: side of the square canvas scenes are drawn on (pixels of voxel_mm).
   """
 
   dims: int = 2
@@ -64,6 +73,9 @@ class PairsConfig:
   n4_backend: str = "jax"
   n4_iterations: tuple[int, ...] = (50, 50, 50, 50)
   seed: int = 0
+  anatomy: str = "mni152"
+  corruption: str = ""
+  canvas: int = 128
 
   def __post_init__(self):
     if self.dims not in (2, 3):
@@ -72,6 +84,8 @@ class PairsConfig:
       raise ValueError(f"n4_backend must be jax, sitk or none, got {self.n4_backend!r}")
     if self.size < 16 or self.voxel_mm < 1 or self.slices_per_subject < 1:
       raise ValueError("size ≥ 16, voxel_mm ≥ 1 and slices_per_subject ≥ 1 are required")
+    if self.anatomy not in ("mni152", "mixed") or (self.anatomy == "mixed" and self.dims != 2):
+      raise ValueError(f"anatomy must be 'mni152' or 'mixed' (2-D), got {self.anatomy!r}, dims {self.dims}")
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -98,9 +112,14 @@ def template_tissues(voxel_mm: int) -> np.ndarray:
   return np.stack([_block_mean(m, voxel_mm) for m in (a.csf, a.gm, a.wm)]).astype(np.float32)
 
 
+def subject_key(config: PairsConfig, split: str, index: int) -> jax.Array:
+  """The key of synthetic subject `index` of `split`: one branch per split, so splits never share one."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), SPLITS.index(split)), index)
+
+
 def synthetic_subject(config: PairsConfig, split: str, index: int):
   """(clean volume, brain mask, contrast name, subject id) of synthetic subject `index` of `split`."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), SPLITS.index(split)), index)
+  key = subject_key(config, split, index)
   s = synth.synthesize(key, template_tissues(config.voxel_mm))
   sid = f"synth-s{config.seed}-{split}-{index:05d}"
   return np.asarray(s.image), np.asarray(s.mask), synth.SEQUENCES[int(s.sequence)], sid
@@ -178,39 +197,76 @@ def patch_corners(mask: np.ndarray, size: int, n: int, rng: np.random.Generator)
 # --------------------------------------------------------------------------------------------
 # Corruption and N4
 # --------------------------------------------------------------------------------------------
-def simulate_batch(keys, cleans, masks, n_coils: int, ranges=None):
+def simulate_batch(keys, cleans, masks, n_coils: int, ranges=None, coil_model: str | None = None):
   """Corrupts (B, ...) clean images, one key each, with the training ranges and `n_coils` coils.
 
-  Pure and traceable; σ is relative to each image's mean inside its mask. Returns (images,
-  true fields, σ). Used by the dataset builder and by `pipeline.corrupt_on_device`.
+  Pure and traceable; σ is relative to each image's mean inside its mask (or to its maximum when
+  the ranges say `noise_reference = 'max'`); ranges with `gfactor` / `p_gfactor` scale σ by a
+  g-factor map on that share of examples. `coil_model` overrides the ranges' coil model (static).
+  Returns (images, true fields, σ). Used by the dataset builder and by `pipeline.corrupt_on_device`.
   """
   cfg = physics.sampling.training_ranges() if ranges is None else ranges.copy_and_resolve_references()
   cfg.n_coils = int(n_coils)
+  if coil_model is not None:
+    cfg.coil_model = coil_model
   if n_coils == 1:
     cfg.noise_correlation = (0.0, 0.0)
+  by_max = cfg.get("noise_reference", "mask") == "max"
+  gfactor = cfg.get("gfactor", None)
 
   def one(key, clean, mask):
     kp, kn = jax.random.split(key)
-    out = physics.simulate(kn, clean, physics.sample_params(kp, cfg), reference_mask=mask)
+    noise_map = None
+    if gfactor is not None:
+      k_amp, k_on, k_map = jax.random.split(jax.random.fold_in(key, 7), 3)
+      amp = jax.random.uniform(k_amp, (), minval=gfactor[0], maxval=gfactor[1])
+      amp = jnp.where(jax.random.bernoulli(k_on, float(cfg.get("p_gfactor", 1.0))), amp, 0.0)
+      noise_map = physics.noise.gfactor_map(k_map, clean.shape, amp)
+    out = physics.simulate(kn, clean, physics.sample_params(kp, cfg),
+                           reference_mask=None if by_max else mask, noise_map=noise_map)
     return out.image, out.bias, out.noise_sigma
 
   return jax.vmap(one)(keys, cleans, jnp.asarray(masks).astype(bool))
 
 
-_corrupt_batch = jax.jit(simulate_batch, static_argnames=("n_coils",))
+_corrupt_batch = jax.jit(simulate_batch, static_argnames=("n_coils", "ranges", "coil_model"))
 
 
-def corrupt(cleans: np.ndarray, masks: np.ndarray, coils: np.ndarray, key: jax.Array):
-  """Corrupts a batch (B, *shape) with per-example coil counts; returns images, fields, σ."""
+def corrupt(cleans: np.ndarray, masks: np.ndarray, coils: np.ndarray, key: jax.Array, ranges=None,
+            models: np.ndarray | None = None):
+  """Corrupts a batch (B, *shape) with per-example coil counts (and coil models, indices into
+  `ranges.coil_models`); one compiled simulator per (count, model) group. Returns images, fields, σ.
+  """
   images = np.zeros_like(cleans)
   fields = np.ones_like(cleans)
   sigmas = np.zeros(len(cleans), np.float32)
   keys = jax.random.split(key, len(cleans))
-  for c in np.unique(coils):
-    idx = np.flatnonzero(coils == c)
-    im, bf, sg = _corrupt_batch(keys[idx], jnp.asarray(cleans[idx]), jnp.asarray(masks[idx]), int(c))
+  models = np.zeros(len(cleans), np.int64) if models is None else np.asarray(models)
+  names = tuple(ranges.get("coil_models", (None,))) if ranges is not None else (None,)
+  frozen = None if ranges is None else _FrozenRanges(ranges)
+  for c, m in sorted({(int(c), int(m)) for c, m in zip(coils, models)}):
+    idx = np.flatnonzero((coils == c) & (models == m))
+    im, bf, sg = _corrupt_batch(keys[idx], jnp.asarray(cleans[idx]), jnp.asarray(masks[idx]), c,
+                                frozen, names[m])
     images[idx], fields[idx], sigmas[idx] = np.asarray(im), np.asarray(bf), np.asarray(sg)
   return images, fields, sigmas
+
+
+class _FrozenRanges:
+  """A hashable, read-only view of a ranges ConfigDict (a static argument of the jitted simulator)."""
+
+  def __init__(self, ranges):
+    self._cfg = ranges
+    self._key = repr(sorted(ranges.to_dict().items()))
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _FrozenRanges) and other._key == self._key
+
+  def copy_and_resolve_references(self):
+    return self._cfg.copy_and_resolve_references()
 
 
 def run_n4(images: np.ndarray, backend: str, iterations: tuple[int, ...]):
@@ -245,13 +301,76 @@ def _subjects(config: PairsConfig, split: str, manual_dir):
       yield load
 
 
+def mix_settings(config: PairsConfig) -> mixed.MixSettings:
+  """The `mixed.MixSettings` of a 'mixed' config (shells up to ≈ 48 mm deep)."""
+  return mixed.MixSettings(
+      size=config.size, min_side=min(48, config.size),
+      labels=labels.LabelSettings(canvas=config.canvas, voxel_mm=float(config.voxel_mm),
+                                  distance_steps=int(np.ceil(48 / config.voxel_mm))))
+
+
+@functools.lru_cache(maxsize=4)
+def _template_slices(voxel_mm: int, canvas: int) -> np.ndarray:
+  return labels.template_slices(template_tissues(voxel_mm), canvas)
+
+
+def mixed_subject(config: PairsConfig, split: str, index: int) -> mixed.Example:
+  """The clean `mixed.Example`s (batched, one per slice) of 'mixed' subject `index` of `split`."""
+  keys = jax.random.split(jax.random.fold_in(subject_key(config, split, index), 0), config.slices_per_subject)
+  return mixed.examples(keys, jnp.asarray(_template_slices(config.voxel_mm, config.canvas)),
+                        mix_settings(config))
+
+
+def _records(sid, contrasts, positions, cleans, masks, coils, corrupted, config):
+  """N4 on the corrupted images, then the record dicts of one subject (see the module docstring)."""
+  images, fields, sigmas = corrupted
+  n4_img, n4_log = run_n4(images, config.n4_backend, config.n4_iterations)
+  for k in range(len(cleans)):
+    m = masks[k]
+    log_bias = np.log(fields[k][m]) if m.any() else np.zeros(1)
+    yield f"{sid}_{k:03d}", {
+        "clean": cleans[k].astype(np.float32), "corrupted": images[k].astype(np.float32),
+        "bias": fields[k].astype(np.float32), "n4_corrected": n4_img[k].astype(np.float32),
+        "n4_log_field": n4_log[k].astype(np.float32), "mask": m.astype(np.uint8),
+        "subject": sid, "slice_index": positions[k], "contrast": contrasts[k],
+        "n_coils": int(coils[k]), "noise_sigma": float(sigmas[k]),
+        "bias_log_std": float(np.std(log_bias)),
+    }
+
+
+def _subject_rng(config: PairsConfig, sid: str) -> np.random.Generator:
+  return np.random.default_rng(int(hashlib.sha256(f"{config.seed}/{sid}".encode()).hexdigest()[:8], 16))
+
+
+def _generate_mixed(config: PairsConfig, split: str) -> Iterator[tuple[str, dict]]:
+  ranges = physics.sampling.training_ranges(config.corruption or None)
+  n_models = len(ranges.get("coil_models", ("biot_savart",)))
+  n = config.slices_per_subject
+  for i in range(config.subjects[SPLITS.index(split)]):
+    sid = f"mixed-s{config.seed}-{split}-{i:05d}"
+    ex = mixed_subject(config, split, i)
+    rng = _subject_rng(config, sid)
+    coils = rng.choice(np.asarray(config.coils), size=n)
+    models = rng.integers(n_models, size=n)
+    cleans, masks = np.asarray(ex.clean), np.asarray(ex.mask)
+    key = jax.random.fold_in(subject_key(config, split, i), 1)
+    images, fields, sigmas = corrupt(cleans, masks, coils, key, ranges, models)
+    images = np.asarray(mixed.finish(jnp.asarray(images), ex))
+    contrasts = [f"{labels.SCENES[int(a)]}-{mixed.WEIGHTINGS[int(b)]}" for a, b in zip(ex.kind, ex.weighting)]
+    yield from _records(sid, contrasts, list(range(n)), cleans, masks, coils, (images, fields, sigmas), config)
+
+
 def generate(config: PairsConfig, split: str, manual_dir=None) -> Iterator[tuple[str, dict]]:
   """Yields (unique key, example) for `split`; see the module docstring for the fields."""
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if config.anatomy == "mixed":
+    yield from _generate_mixed(config, split)
+    return
+  ranges = physics.sampling.training_ranges(config.corruption) if config.corruption else None
   for s_idx, load in enumerate(_subjects(config, split, manual_dir)):
     vol, mask, contrast, sid = load()
-    rng = np.random.default_rng(int(hashlib.sha256(f"{config.seed}/{sid}".encode()).hexdigest()[:8], 16))
+    rng = _subject_rng(config, sid)
     key = jax.random.key(int(rng.integers(2 ** 31)))
     n = config.slices_per_subject
     if config.dims == 2:
@@ -266,16 +385,5 @@ def generate(config: PairsConfig, split: str, manual_dir=None) -> Iterator[tuple
       masks = np.stack([crop(mask, c) for c in corners])
       positions = [int(np.ravel_multi_index(c, mask.shape)) for c in corners]
     coils = rng.choice(np.asarray(config.coils), size=n)
-    images, fields, sigmas = corrupt(cleans.astype(np.float32), masks, coils, key)
-    n4_img, n4_log = run_n4(images, config.n4_backend, config.n4_iterations)
-    for k in range(n):
-      m = masks[k]
-      log_bias = np.log(fields[k][m]) if m.any() else np.zeros(1)
-      yield f"{sid}_{k:03d}", {
-          "clean": cleans[k].astype(np.float32), "corrupted": images[k].astype(np.float32),
-          "bias": fields[k].astype(np.float32), "n4_corrected": n4_img[k].astype(np.float32),
-          "n4_log_field": n4_log[k].astype(np.float32), "mask": m.astype(np.uint8),
-          "subject": sid, "slice_index": positions[k], "contrast": contrast,
-          "n_coils": int(coils[k]), "noise_sigma": float(sigmas[k]),
-          "bias_log_std": float(np.std(log_bias)),
-      }
+    corrupted = corrupt(cleans.astype(np.float32), masks, coils, key, ranges)
+    yield from _records(sid, [contrast] * n, positions, cleans, masks, coils, corrupted, config)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
+from mri_jax.physics import grid
 from mri_jax.physics.coils import loop_geometry
 from mri_jax.physics.params import SimulationParams
 
@@ -128,3 +129,31 @@ def add_noise(key: jax.Array, coil_images: jax.Array, sigma: jax.Array,
     kspace = jnp.fft.fftn(coil_images, axes=axes, norm="ortho") + noise
     return jnp.fft.ifftn(kspace, axes=axes, norm="ortho").astype(jnp.complex64)
   raise ValueError(f"domain must be 'image' or 'kspace', got {domain!r}")
+
+
+def gfactor_map(key: jax.Array, shape: tuple[int, ...], amplitude: jax.Array) -> jax.Array:
+  """A parallel-imaging-like g-factor map g ≥ 1: noise σ becomes σ·g(x) (spatially varying).
+
+  SENSE unfolding amplifies noise most where aliased copies overlap, typically a band through
+  the centre along the phase-encoding direction: g = 1 + A·b(x)·(0.6 + 0.4·h(x)), with b a
+  Gaussian band (random direction, centre and width) and h a smooth random modulation in [0, 1].
+
+  Args:
+    key: PRNG key.
+    shape: spatial shape (2-D or 3-D).
+    amplitude: A ≥ 0 (may be traced); 0 gives g ≡ 1.
+
+  Returns:
+    float32 map of `shape`, ≥ 1.
+  """
+  k_dir, k_off, k_width, k_mod = jax.random.split(key, 4)
+  axes = grid.normalized_axes(shape)
+  pts = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), -1)  # (*shape, ndim)
+  direction = jax.random.normal(k_dir, (len(shape),))
+  direction = direction / jnp.maximum(jnp.linalg.norm(direction), 1e-6)
+  offset = jax.random.uniform(k_off, (), minval=-0.3, maxval=0.3)
+  width = jax.random.uniform(k_width, (), minval=0.2, maxval=0.6)
+  band = jnp.exp(-((pts @ direction - offset) ** 2) / (2 * width ** 2))
+  lattice = tuple(min(int(n), 4) for n in shape)
+  mod = grid.upsample(jax.random.uniform(k_mod, lattice), tuple(shape))
+  return 1.0 + amplitude * band * (0.6 + 0.4 * jnp.clip(mod, 0.0, 1.0))

@@ -53,7 +53,7 @@ def reference_intensity(clean: jax.Array, reference_mask: jax.Array | None = Non
 
 def simulate(key: jax.Array, clean: jax.Array, params: SimulationParams, *,
              spacing: Sequence[float] | None = None, reference_mask: jax.Array | None = None,
-             return_coil_maps: bool = False) -> Corrupted:
+             noise_map: jax.Array | None = None, return_coil_maps: bool = False) -> Corrupted:
   """Corrupts a clean magnitude image with coil sensitivities, bias fields and receiver noise.
 
   Pure and jit/vmap/grad-compatible: `shape`, `spacing`, `return_coil_maps` and the static fields
@@ -67,6 +67,8 @@ def simulate(key: jax.Array, clean: jax.Array, params: SimulationParams, *,
     spacing: voxel size per axis (e.g. from the NIfTI header).
     reference_mask: optional mask whose mean clean intensity σ is relative to (BrainWeb uses the
       brightest tissue); default: the clean image maximum.
+    noise_map: optional map of the clean image's shape scaling σ per voxel (e.g. a g-factor map,
+      `noise.gfactor_map`); image-domain noise only. `noise_sigma` in the output stays the base σ.
     return_coil_maps: include the (C, *shape) complex maps in the output (large in 3-D).
 
   Returns:
@@ -90,17 +92,23 @@ def simulate(key: jax.Array, clean: jax.Array, params: SimulationParams, *,
 
   sigma = params.noise_sigma * reference_intensity(clean, reference_mask)
   covariance = noise.coil_covariance(params) if params.n_coils > 1 else None
+  if noise_map is not None:
+    if params.noise_domain != "image":
+      raise ValueError("noise_map needs noise_domain='image'")
+    sigma_used = sigma * jnp.asarray(noise_map, jnp.float32)
+  else:
+    sigma_used = sigma
   if params.noise_domain == "kspace":
-    image, receive = _materialised_chain(key, coarse_maps, signal, sigma, covariance, params)
+    image, receive = _materialised_chain(key, coarse_maps, signal, sigma_used, covariance, params)
   elif params.combine == "roemer":
-    image, receive = _fused_chain(key, coarse_maps, signal, sigma, covariance, "roemer")
+    image, receive = _fused_chain(key, coarse_maps, signal, sigma_used, covariance, "roemer")
   elif covariance is None:
-    image, receive = _fused_chain(key, coarse_maps, signal, sigma, None, "rss")
+    image, receive = _fused_chain(key, coarse_maps, signal, sigma_used, None, "rss")
   else:  # RSS mixes the coils' noise voxel by voxel: only independent coils take the fused path
     image, receive = jax.lax.cond(
         params.noise_correlation == 0,
-        lambda: _fused_chain(key, coarse_maps, signal, sigma, None, "rss"),
-        lambda: _materialised_chain(key, coarse_maps, signal, sigma, covariance, params))
+        lambda: _fused_chain(key, coarse_maps, signal, sigma_used, None, "rss"),
+        lambda: _materialised_chain(key, coarse_maps, signal, sigma_used, covariance, params))
   return Corrupted(image=image, bias=transmit * polynomial * receive, receive=receive,
                    transmit=transmit, polynomial=polynomial, noise_sigma=sigma,
                    coil_maps=grid.upsample(coarse_maps, shape) if return_coil_maps else None)

@@ -10,7 +10,10 @@ Written in the `array_record` format, so it builds and reads without TensorFlow:
 and is read with `tfds.data_source('mri_pairs/slices128', data_dir=...)` (see
 `mri_jax.data.pipeline`). The examples come from `mri_jax.data.pairs.generate`; the default
 source is synthetic subjects from the MNI152 maps in nilearn (no download). The `*_nifti` configs
-read your own NIfTI files from `manual_dir` (e.g. the IXI T1/T2/PD download).
+read your own NIfTI files from `manual_dir` (e.g. the IXI T1/T2/PD download). The `mixed*` configs
+hold random label scenes (heads with skull and scalp, body-like scenes) with random per-label
+contrast, framing, resolution and field of view, corrupted with the 'wide' ranges (issue 14); the
+other configs are unchanged, for ablations.
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ BUILDER_CONFIGS = [
     _config("tiny", "Tests and smoke runs: 48² slices at 4 mm, 2/1/1 subjects, 4 slices each.",
             dims=2, size=48, voxel_mm=4, slices_per_subject=4, subjects=(2, 1, 1), coils=(1, 8),
             n4_iterations=(10, 10)),
+    _config("mixed128", "2-D 128² mixed anatomy (heads at 2 mm + body-like scenes), random contrast, "
+            "zoom 0.5-3.5x, crops, embedded 48-128 px images, wide corruption; 250/25/25 x 16.",
+            anatomy="mixed", corruption="wide", dims=2, size=128, canvas=128, voxel_mm=2,
+            slices_per_subject=16, subjects=(250, 25, 25), coils=(1, 2, 4, 8, 16, 32)),
+    _config("mixed256", "2-D 256² multi-size mixed anatomy (1 mm canvas): embedded images of "
+            "48-256 px per side in 256² records; wide corruption; 60/6/6 x 16.",
+            anatomy="mixed", corruption="wide", dims=2, size=256, canvas=256, voxel_mm=1,
+            slices_per_subject=16, subjects=(60, 6, 6), coils=(1, 2, 4, 8, 16, 32)),
+    _config("mixed_tiny", "Tests: 48² mixed anatomy at 4 mm, 2/1/1 subjects x 4, wide corruption.",
+            anatomy="mixed", corruption="wide", dims=2, size=48, canvas=48, voxel_mm=4,
+            slices_per_subject=4, subjects=(2, 1, 1), coils=(1, 8), n4_iterations=(10, 10)),
     _config("slices128_nifti", "2-D slices 128² at 2 mm from your NIfTI files (manual_dir).",
             source="nifti", dims=2, size=128, voxel_mm=2, slices_per_subject=16),
     _config("slices256_nifti", "2-D slices 256² at 1 mm from your NIfTI files (manual_dir).",
@@ -55,6 +69,8 @@ BUILDER_CONFIGS = [
 class Builder(tfds.core.GeneratorBasedBuilder):
   """mri_pairs: clean / corrupted / true bias field / N4 examples, split by subject."""
 
+  # Still 1.0.0: the mixed* configs are new names and the earlier configs' records are unchanged,
+  # so datasets built before them stay readable.
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release: synthetic MNI152 subjects, coil-physics corruption, N4."}
   BUILDER_CONFIGS = BUILDER_CONFIGS
