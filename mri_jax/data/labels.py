@@ -238,7 +238,7 @@ def head_scene(key: jax.Array, slices: jax.Array, settings: LabelSettings = Labe
   widths = [_mm(k[4], 0.5, 3.0, settings), _mm(k[5], 0.7, 2.5, settings), _mm(k[6], 0.5, 5.0, settings),
             _mm(k[7], 0.7, 2.5, settings),
             _mm(k[8], 0.0, 8.0, settings) * jnp.clip(var[1] + 0.3, 0.0, 1.5),
-            _mm(k[9], 1.0, 8.0, settings), _mm(k[10], 0.7, 2.0, settings)]
+            _mm(k[9], 1.0, 8.0, settings), _mm(k[10], 0.7, 3.0, settings)]
   channels = [1, 4, 5, 6, 7, 8, 9]  # CSF rim, inner table, diploe, outer table, muscle, fat, skin
   labels = jnp.zeros((N_LABELS, c, c), jnp.float32).at[0].set(1.0)
   bound = jnp.zeros((c, c), jnp.float32)
@@ -271,8 +271,11 @@ def body_scene(key: jax.Array, settings: LabelSettings = LabelSettings()) -> jax
   var = smooth_noise(k[4], 1, (c, c), 4)[0]
   labels = jnp.zeros((N_LABELS, c, c), jnp.float32).at[0].set(1.0)
   labels = paint(labels, 1, outline)
-  fat_edge = _mm(k[5], 0.7, 2.0, settings) + _mm(k[6], 0.0, 25.0, settings) * jnp.exp(0.4 * var)
-  labels = paint(labels, 2, outline * (1.0 - inside(_mm(k[5], 0.7, 2.0, settings), depth)))
+  # Skin, then subcutaneous fat, absent on 30% of bodies (muscle or organ right next to air).
+  skin = _mm(k[5], 0.7, 4.0, settings)
+  fat = _mm(k[6], 0.0, 25.0, settings) * jnp.exp(0.4 * var) * jax.random.bernoulli(k[20], 0.7)
+  fat_edge = skin + fat
+  labels = paint(labels, 2, outline * (1.0 - inside(skin, depth)))
   interior = outline * (1.0 - inside(fat_edge, depth))
   # SynthMorph partition of the interior (smoothed noise → argmax), at a random scale.
   n_part = _PARTITION[1] - _PARTITION[0]

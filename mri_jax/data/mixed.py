@@ -6,15 +6,18 @@ jit/vmap-able over keys (`examples`):
 
 1. **Contrast.** A weighting per image: T1-like (fluid dark, fat bright), T2-like (fluid and fat
    bright), PD / fat-saturated (fat dark), or fully random (every label U(0, 1), as SynthSeg).
-   Each label's intensity is drawn from its class's range under that weighting; cortical bone and
-   air stay near zero, and 12% of soft-tissue labels sit just above the noise floor (tendon,
-   lung). Head scenes under T1/T2/PD take their CSF/GM/WM intensities from the MR signal equation
+   Each label's intensity is drawn from its class's range under that weighting (soft tissues
+   cluster around one level with a random spread, except under the random weighting); cortical
+   bone and air stay near zero, and 12% of soft-tissue labels sit just above the noise floor
+   (tendon, lung). Head scenes under T1/T2/PD take their CSF/GM/WM intensities from the MR signal equation
    (`synth.signal`, random sequence parameters and tissue T1/T2/PD) instead.
 2. **Texture.** Each label's intensity is modulated by a coarse and a fine smooth random field
    (amplitudes random per label).
 3. **Geometry.** A random similarity + anisotropic scaling maps the output grid onto the canvas:
-   zoom 0.5–2× (log-uniform) with a small shift, or, for `p_tight` of the images, a tight crop
-   (zoom 2–3.5× around a random tissue point: anatomy touches every edge, often no air at all);
+   zoom 0.7–2× (log-uniform) with a small shift, or, for `p_tight` of the images, a tight crop
+   (zoom 2.5–4× around a random point deep inside the tissue: anatomy touches every edge, often
+   no air at all); a canvas whose border is tissue is mirrored beyond its edges, so body scenes
+   that fill it never show a straight canvas edge;
    rotation (right angles ± 10°, or any angle), flips; pixel aspect ratio up to ±20%.
 4. **Resolution.** Partial-volume blur (Gaussian σ ≤ 0.7 px) and, for `p_lowres` of the images, a
    low acquisition resolution: Gaussian blur (σ = 0.42 f) and linear re-interpolation from a grid
@@ -71,9 +74,9 @@ class MixSettings(NamedTuple):
 
   size: int = 128
   labels: labels_lib.LabelSettings = labels_lib.LabelSettings()
-  zoom: tuple[float, float] = (0.5, 2.0)
+  zoom: tuple[float, float] = (0.7, 2.0)
   p_tight: float = 0.25
-  tight_zoom: tuple[float, float] = (2.0, 3.5)
+  tight_zoom: tuple[float, float] = (2.5, 4.0)
   p_full_fov: float = 0.5
   min_side: int = 48
   p_lowres: float = 0.5
@@ -112,6 +115,16 @@ def label_intensities(key: jax.Array, scene: labels_lib.Scene, weighting: jax.Ar
   k_draw, k_floor, k_seq, k_par, k_tis, k_scale = jax.random.split(key, 6)
   ranges = jnp.asarray(_INTENSITY)[weighting][scene.classes]          # (K, 2)
   values = jax.random.uniform(k_draw, (labels_lib.N_LABELS,), minval=ranges[:, 0], maxval=ranges[:, 1])
+  # Outside the random weighting, soft tissues cluster around one level (muscles and organs
+  # differ by little), with a random spread.
+  k_level, k_spread, k_dev = jax.random.split(jax.random.fold_in(k_draw, 1), 3)
+  lo, hi = ranges[:, 0], ranges[:, 1]
+  soft_lo, soft_hi = jnp.asarray(_INTENSITY)[weighting, labels_lib.SOFT]
+  level = jax.random.uniform(k_level, (), minval=soft_lo, maxval=soft_hi)
+  spread = jax.random.uniform(k_spread, (), minval=0.03, maxval=0.3) * (soft_hi - soft_lo)
+  clustered = jnp.clip(level + spread * jax.random.uniform(k_dev, values.shape, minval=-1.0, maxval=1.0), lo, hi)
+  soft = (scene.classes == labels_lib.SOFT) & (weighting != WEIGHTINGS.index("random"))
+  values = jnp.where(soft, clustered, values)
   floor = jax.random.bernoulli(k_floor, 0.12, values.shape) & (scene.classes == labels_lib.SOFT)
   values = jnp.where(floor, jax.random.uniform(k_floor, values.shape, minval=0.01, maxval=0.08), values)
   # Head scenes: CSF/GM/WM from the signal equation of a random sequence of this weighting.
@@ -130,7 +143,7 @@ def render(key: jax.Array, scene: labels_lib.Scene, weighting: jax.Array) -> jax
   k_int, k_coarse, k_fine, k_amp = jax.random.split(key, 4)
   n, c = labels_lib.N_LABELS, scene.labels.shape[-1]
   values = label_intensities(k_int, scene, weighting)
-  amp = jax.random.uniform(k_amp, (2, n, 1, 1)) * jnp.asarray([0.2, 0.12]).reshape(2, 1, 1, 1)
+  amp = jax.random.uniform(k_amp, (2, n, 1, 1)) * jnp.asarray([0.25, 0.2]).reshape(2, 1, 1, 1)
   texture = (1.0 + amp[0] * labels_lib.smooth_noise(k_coarse, n, (c, c), 6)
              + amp[1] * labels_lib.smooth_noise(k_fine, n, (c, c), max(c // 3, 8)))
   return jnp.sum(scene.labels * values.reshape(n, 1, 1) * jnp.maximum(texture, 0.0), 0)
@@ -187,7 +200,11 @@ def _framing(key: jax.Array, foreground: jax.Array, settings: MixSettings) -> ja
   zoom = jnp.exp(jnp.where(tight, jax.random.uniform(k[1], (), minval=lt[0], maxval=lt[1]),
                            jax.random.uniform(k[1], (), minval=lz[0], maxval=lz[1])))
   xy = labels_lib._coords(c)
-  centre = jnp.where(tight, labels_lib._random_point(k[2], foreground, xy),
+  deep = foreground
+  for _ in range(max(c // 16, 1)):  # erode: tight crops centre well inside the tissue
+    deep = 1.0 - labels_lib._dilate(1.0 - deep, True)
+  deep = jnp.where(jnp.max(deep) > 0.5, deep, foreground)
+  centre = jnp.where(tight, labels_lib._random_point(k[2], deep, xy),
                      jax.random.uniform(k[2], (2,), minval=-0.2, maxval=0.2))
   right = jax.random.randint(k[3], (), 0, 4) * (jnp.pi / 2) + jax.random.uniform(
       k[4], (), minval=-0.17, maxval=0.17)
@@ -234,8 +251,14 @@ def example(key: jax.Array, slices: jax.Array, settings: MixSettings = MixSettin
   weighting = jax.random.randint(k_w, (), 0, len(WEIGHTINGS))
   image = render(k_render, sc, weighting)
   coords = _framing(k_frame, 1.0 - sc.labels[0], settings)
-  warp = lambda a: ndimage.map_coordinates(a, list(coords), order=1, mode="constant", cval=0.0)
-  image, foreground = warp(image), warp(1.0 - sc.labels[0])
+  # Mirror the canvas beyond its edges only where tissue fills its border (a body filling the
+  # canvas: no straight canvas edges); elsewhere the outside is air (no mirrored copies of a head).
+  fg = 1.0 - sc.labels[0]
+  filled = jnp.mean(jnp.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]])) > 0.9
+  warp = lambda a: jnp.where(
+      filled, ndimage.map_coordinates(a, list(coords), order=1, mode="mirror"),
+      ndimage.map_coordinates(a, list(coords), order=1, mode="constant", cval=0.0))
+  image, foreground = warp(image), warp(fg)
   # Resolution: partial volume always, a coarser acquisition grid sometimes (often one axis).
   pv = jax.random.uniform(k_pv, (), maxval=0.7)
   kk = jax.random.split(k_lowp, 3)
@@ -243,7 +266,7 @@ def example(key: jax.Array, slices: jax.Array, settings: MixSettings = MixSettin
   factors = jnp.where(jax.random.bernoulli(kk[1], 0.5), factors.at[jax.random.randint(kk[2], (), 0, 2)].set(1.0),
                       factors)
   factors = jnp.where(jax.random.bernoulli(k_low, settings.p_lowres), factors, 1.0)
-  image = gaussian_blur(image, jnp.maximum(pv, 0.42 * (factors - 1.0) + pv * (factors == 1.0)))
+  image = gaussian_blur(image, jnp.where(factors > 1.0, jnp.maximum(pv, 0.42 * factors), pv))
   image = jnp.maximum(low_resolution(k_low, image, factors), 0.0)
   # Field of view, scaling, masks.
   window = _window(k_win, settings)

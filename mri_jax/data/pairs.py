@@ -17,10 +17,11 @@ Sources of clean anatomy:
   so every scan of a subject lands in the same split.
 
 Corruption: the coil-physics simulator with `physics.sampling.training_ranges(config.corruption)`
-ranges (the default, or 'wide'), the coil count drawn per example from `config.coils` (and, for
-'wide', the coil model from its `coil_models`); σ is a fraction of the mean clean foreground
-intensity. N4 (JAX or SimpleITK backend, or none) runs on each corrupted slice/volume with an Otsu
-mask. Everything is deterministic given the config (same machine, same versions).
+ranges (the default, or 'wide'), the coil count drawn per example from `config.coils` ('mixed':
+per subject, with the coil model from the ranges' `coil_models`); σ is a fraction of the mean clean
+foreground intensity ('wide': of the image maximum). N4 (JAX or SimpleITK backend, or none) runs
+on each corrupted slice/volume with an Otsu mask. Everything is deterministic given the config
+(same machine, same versions).
 """
 
 from __future__ import annotations
@@ -349,9 +350,11 @@ def _generate_mixed(config: PairsConfig, split: str) -> Iterator[tuple[str, dict
   for i in range(config.subjects[SPLITS.index(split)]):
     sid = f"mixed-s{config.seed}-{split}-{i:05d}"
     ex = mixed_subject(config, split, i)
+    # One coil (count and model) per subject, as in one scan session; it also keeps one compiled
+    # simulator per (count, model) for the whole build.
     rng = _subject_rng(config, sid)
-    coils = rng.choice(np.asarray(config.coils), size=n)
-    models = rng.integers(n_models, size=n)
+    coils = np.full(n, rng.choice(np.asarray(config.coils)))
+    models = np.full(n, rng.integers(n_models))
     cleans, masks = np.asarray(ex.clean), np.asarray(ex.mask)
     key = jax.random.fold_in(subject_key(config, split, i), 1)
     images, fields, sigmas = corrupt(cleans, masks, coils, key, ranges, models)
