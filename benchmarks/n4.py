@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from mri_jax import n4, workflows
+from mri_jax import file_jobs, n4
 from mri_jax.data import anatomy
 
 REGIMES = {
@@ -90,9 +90,9 @@ def main():
 
   rows = []
   for regime, kw in REGIMES.items():
-    cfg = workflows.corruption_settings(**kw)
+    cfg = file_jobs.corruption_settings(**kw)
     for seed in range(seeds):
-      r = workflows.simulate_array(anat.t1, seed=seed, settings=cfg, reference_mask=wm3)
+      r = file_jobs.simulate_array(anat.t1, seed=seed, settings=cfg, reference_mask=wm3)
       img, true_log = np.asarray(r.image), np.log(np.asarray(r.bias))
       rows.append(agreement_row(f"3D {regime} seed {seed}", img, true_log, brain3, wm3, settings,
                                 1 if args.quick else 2))
@@ -102,12 +102,12 @@ def main():
   zs = np.linspace(45, 140, n_slices).astype(int)
   slice_rows = []
   for regime, kw in REGIMES.items():
-    cfg = workflows.corruption_settings(**kw)
+    cfg = file_jobs.corruption_settings(**kw)
     imgs, trues, brains, wms = [], [], [], []
     for i, z in enumerate(zs):
       clean = pad_to(anat.t1[:, :, z], 256)
       wm = pad_to(anat.wm[:, :, z], 256) > 0.9
-      r = workflows.simulate_array(clean, seed=int(i), settings=cfg, reference_mask=wm)
+      r = file_jobs.simulate_array(clean, seed=int(i), settings=cfg, reference_mask=wm)
       imgs.append(np.asarray(r.image))
       trues.append(np.log(np.asarray(r.bias)))
       brains.append(pad_to(anat.mask[:, :, z].astype(np.uint8), 256) > 0)

@@ -26,12 +26,15 @@ def get_config() -> ml_collections.ConfigDict:
       unet_channels=(32, 64, 128),
       emb=64,
       condition_n4=True,            # condition on the N4 image latent and the N4 log field
+      n4_iterations=(50, 50, 50, 50),  # N4 of the conditioning: as the dataset was built (slices128)
+      fidelity=False,               # the fidelity path (pixel features into the decoder; models/fidelity.py)
+      fidelity_weight=1.0,          # its default weight w at inference
   ))
   c.schedule = ml_collections.ConfigDict(dict(kind="restoration", steps=15, kappa=0.5, sample_steps=1))
   c.optimizer = ml_collections.ConfigDict(dict(lr=1e-3, warmup=100, final_lr_fraction=0.05, clip=1.0,
                                                weight_decay=1e-4))
   c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2, kl_weight=1e-6))
-  c.train = ml_collections.ConfigDict(dict(ae_steps=2_000, diffusion_steps=4_000, batch=8, ema=0.999,
+  c.train = ml_collections.ConfigDict(dict(ae_steps=2_000, diffusion_steps=4_000, fidelity_steps=0, batch=8, ema=0.999,
                                            log_every=50, checkpoint_every=500, keep=3,
                                            eval_every=500, eval_batches=4, tensorboard=True,
                                            compute_dtype="float32"))  # or "bfloat16" (mixed precision)

@@ -15,19 +15,26 @@ Public API (import the submodules; `import mri_jax` itself stays light):
                       `pipeline.data_mesh`, `pipeline.to_global`, `pipeline.corrupt_on_device`).
   mri_jax.diffusion — restoration / linear / cosine / reverse-warm-up schedules (`make_schedule`,
                       `q_sample`, `noise_level`) and the K-step sampler (`sample`).
-  mri_jax.models    — Flax NNX `Autoencoder` and conditional `UNet`.
+  mri_jax.models    — Flax NNX `Autoencoder` and conditional `UNet` (`nets`), and the restorer
+                      itself (`restorer`: networks from a config, input preparation, sampling),
+                      shared by training and inference.
+  mri_jax.checkpoints — orbax train checkpoints and exported weights, keyed by parameter names.
   mri_jax.train     — `train(config, workdir)`: data-parallel training over a device mesh,
                       multi-host, orbax resume, validation, TensorBoard; `restore_batch`.
-  mri_jax.restore   — `load_model`, `restore_array`, `restore_nifti`, `export_weights` (the
-                      shipped default weights live in mri_jax/weights/default).
+  mri_jax.restore   — inference: `load_model`, `restore_array`, `restore_nifti`, `export_weights`
+                      (the shipped default weights live in mri_jax/weights/default). Never
+                      imports `mri_jax.train`.
   mri_jax.evaluate  — the comparison with N4 / NLM / the oracle and the faithfulness tests.
-  mri_jax.ablations — `collect(runs)`, `to_markdown`, `to_csv`, `plot`: one table of training runs.
+  mri_jax.ablations — `collect(runs)`, `to_markdown`, `to_csv`, `plot`, `write`: one table of runs.
   mri_jax.metrics   — masked SSIM / PSNR in JAX (`masked_scores`, `ssim`, `psnr`, `normalise`).
-  mri_jax.workflows — the file-level jobs behind the `mri-jax` commands (`demo`, `build_data`,
-                      `simulate_nifti`, `n4_nifti`, `corruption_settings`, `simulate_array`).
-  mri_jax.cli       — the `mri-jax` command line (`main`, `load_config`).
+  mri_jax.config    — `load("FILE[:ARG]", overrides)`: experiment configs (the `configs` package).
+  mri_jax.file_jobs — the `simulate` / `n4` commands on files (`simulate_nifti`, `n4_nifti`,
+                      `corruption_settings`, `simulate_array`, `n4_settings`).
+  mri_jax.demo      — the main job on the embedded default (`demo`).
+  mri_jax.data.build — `build_data(config, data_dir=...)`: the `build-data` command.
+  mri_jax.cli       — the `mri-jax` command line (`main`): parses and calls the functions above.
 """
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "ablations", "cli", "data", "diffusion", "evaluate", "io", "metrics", "models", "n4",
-           "physics", "restore", "train", "workflows"]
+__all__ = ["__version__", "ablations", "checkpoints", "cli", "config", "data", "demo", "diffusion", "evaluate",
+           "file_jobs", "io", "metrics", "models", "n4", "physics", "restore", "train"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mri_jax.errors import UserInputError
 
-COLUMNS = ("run", "space", "n4_cond", "schedule", "T", "K", "dtype", "data", "val_examples", "steps",
+COLUMNS = ("run", "space", "n4_cond", "fidelity", "schedule", "T", "K", "dtype", "data", "val_examples", "steps",
            "restored_ssim", "restored_psnr", "n4_ssim", "n4_psnr", "corrupted_ssim", "corrupted_psnr",
            "ae_ssim", "ae_psnr")
 
@@ -61,11 +61,14 @@ def summarise(workdir) -> dict:
       if i < len(lines) - 1:  # a torn last line of a killed run is fine
         raise UserInputError(f"'{path}' line {i + 1} is not JSON") from None
   model, sched, train = cfg.get("model", {}), cfg.get("schedule", {}), cfg.get("train", {})
-  dif, ae = _last(rows, "eval_diffusion"), _last(rows, "eval_ae")
+  # the restorer's last validation: after the fidelity stage when the run has one
+  dif = _last(rows, "eval_fidelity") or _last(rows, "eval_diffusion")
+  ae = _last(rows, "eval_ae")
   row = {
       "run": workdir.name,
       "space": model.get("space", "latent"),
       "n4_cond": bool(model.get("condition_n4", True)),
+      "fidelity": bool(model.get("fidelity", False)),
       "schedule": sched.get("kind"),
       "T": sched.get("steps"),
       "K": sched.get("sample_steps"),
@@ -143,3 +146,31 @@ def plot(rows: list[dict], path) -> None:
   fig.tight_layout()
   save_figure(path, fig, dpi=110)
   plt.close(fig)
+
+
+def write(rows: list[dict], *, markdown_path=None, csv_path=None, plot_path=None) -> list[str]:
+  """Writes the table as markdown / CSV / a bar chart to the paths given (parent folders created,
+  files written atomically); returns the paths written.
+
+  Raises:
+    UserInputError: a path whose parent folder cannot be created (e.g. a file is in the way).
+  """
+  from mri_jax.io.nifti import atomic_write_bytes
+
+  wanted = [p for p in (markdown_path, csv_path, plot_path) if p]
+  for path in wanted:
+    parent = Path(path).parent
+    try:
+      parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+      raise UserInputError(f"cannot create the folder of '{path}' ({type(err).__name__}: a file is in the way "
+                           "or it is not writable)") from None
+    if Path(path).is_dir():
+      raise UserInputError(f"'{path}' is a directory")
+  if markdown_path:
+    atomic_write_bytes(markdown_path, to_markdown(rows).encode())
+  if csv_path:
+    atomic_write_bytes(csv_path, to_csv(rows).encode())
+  if plot_path:
+    plot(rows, plot_path)
+  return [str(p) for p in wanted]

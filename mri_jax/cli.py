@@ -7,7 +7,6 @@ Exit codes: 0 success; 2 a user error (bad file, bad option: one line on stderr,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,28 +22,40 @@ class _Parser(argparse.ArgumentParser):
     self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _defaults(fn) -> dict:
+  """The keyword defaults of a library function: the CLI shows and uses the library's, never its own."""
+  import inspect
+
+  return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
 def _add_corruption_options(p: argparse.ArgumentParser) -> None:
+  from mri_jax import file_jobs, physics
+
+  d = _defaults(file_jobs.corruption_settings)
   g = p.add_argument_group("corruption (coil placement, coil phases and polynomial coefficients are random per --seed)")
-  g.add_argument("--coils", type=int, default=8, metavar="N", help="receive coils, 1-64 (1 => Rician noise; default 8)")
-  g.add_argument("--noise", type=float, default=0.03, metavar="SIGMA",
+  g.add_argument("--coils", type=int, default=d["coils"], metavar="N",
+                 help=f"receive coils, 1-{physics.params.MAX_COILS} (1 => Rician noise; default %(default)s)")
+  g.add_argument("--noise", type=float, default=d["noise"], metavar="SIGMA",
                  help="noise σ per real/imaginary component as a fraction of the image maximum "
-                      "(demo: of the mean brain signal); default 0.03")
-  g.add_argument("--bias", type=float, default=0.2, metavar="C",
+                      "(demo: of the mean brain signal); default %(default)s")
+  g.add_argument("--bias", type=float, default=d["bias"], metavar="C",
                  help="max |coefficient| of the random order-3 log-polynomial field (TorchIO's "
-                      "'coefficients'); 0 disables it; default 0.2")
-  g.add_argument("--b1", type=float, default=0.2, metavar="A",
-                 help="transmit (B1+) central-brightening amplitude in [0, 1]; default 0.2")
-  g.add_argument("--receive-strength", type=float, default=0.6, metavar="G",
+                      "'coefficients'); 0 disables it; default %(default)s")
+  g.add_argument("--b1", type=float, default=d["b1"], metavar="A",
+                 help="transmit (B1+) central-brightening amplitude in [0, 1]; default %(default)s")
+  g.add_argument("--receive-strength", type=float, default=d["receive_strength"], metavar="G",
                  help="receive-field strength γ in [0, 1]: 1 = raw coil physics, 0 = uniform "
-                      "(prescan-normalised); default 0.6")
-  g.add_argument("--coil-model", choices=("biot_savart", "falloff"), default="biot_savart",
-                 help="coil sensitivity model (default biot_savart)")
-  g.add_argument("--combine", choices=("rss", "roemer"), default="rss",
-                 help="coil combination: root-sum-of-squares or SNR-optimal Roemer (default rss)")
-  g.add_argument("--correlation", type=float, default=0.0, metavar="RHO",
-                 help="coil noise correlation ρ in [0, 1) (default 0: independent coils)")
-  g.add_argument("--rings", type=int, default=1, help="rings of coils along the bore axis; must divide --coils")
-  g.add_argument("--noise-domain", choices=("image", "kspace"), default="image",
+                      "(prescan-normalised); default %(default)s")
+  g.add_argument("--coil-model", choices=physics.params.COIL_MODELS, default=d["coil_model"],
+                 help="coil sensitivity model (default %(default)s)")
+  g.add_argument("--combine", choices=physics.params.COMBINES, default=d["combine"],
+                 help="coil combination: root-sum-of-squares or SNR-optimal Roemer (default %(default)s)")
+  g.add_argument("--correlation", type=float, default=d["correlation"], metavar="RHO",
+                 help="coil noise correlation ρ in [0, 1) (default %(default)s: independent coils)")
+  g.add_argument("--rings", type=int, default=d["rings"],
+                 help="rings of coils along the bore axis; must divide --coils (default %(default)s)")
+  g.add_argument("--noise-domain", choices=physics.params.NOISE_DOMAINS, default=d["noise_domain"],
                  help="add noise in image space or k-space (equivalent in distribution)")
   g.add_argument("--seed", type=int, default=0, help="random seed; same seed => byte-identical output")
 
@@ -57,9 +68,9 @@ def _settings(args) -> dict:
 
 
 def _cmd_simulate(args) -> int:
-  from mri_jax import workflows
+  from mri_jax import file_jobs
 
-  summary = workflows.simulate_nifti(args.input, args.output, seed=args.seed, save_field=args.save_field,
+  summary = file_jobs.simulate_nifti(args.input, args.output, seed=args.seed, save_field=args.save_field,
                                      overwrite=args.overwrite, **_settings(args))
   print(f"wrote {args.output} (shape {summary['shape']}, σ = {summary['noise_sigma_abs']:.4g}, "
         f"bias {summary['bias_min']:.3f}–{summary['bias_max']:.3f})"
@@ -68,16 +79,14 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-  from mri_jax import workflows
+  from mri_jax import demo
 
   if args.seed < 0:
     raise UserInputError(f"--seed must be a non-negative integer, got {args.seed}")
   say = lambda m: print(m, file=sys.stderr, flush=True)
   say("demo on the embedded default (first run compiles: about a minute on 2 CPU cores)")
-  metrics = workflows.demo(args.outdir, seed=args.seed, checkpoint=args.checkpoint, steps=args.steps, log=say,
-                           **_settings(args))
-  from pathlib import Path
-
+  demo.demo(args.outdir, seed=args.seed, checkpoint=args.checkpoint, steps=args.steps, log=say,
+            **_settings(args))
   print((Path(args.outdir) / "metrics.md").read_text())
   print(f"wrote clean/corrupted/bias_field/n4/restored .nii.gz, montage.png and metrics.{{json,md}} to {args.outdir}")
   return 0
@@ -92,13 +101,13 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _cmd_n4(args) -> int:
-  from mri_jax import workflows
+  from mri_jax import file_jobs
 
-  settings = workflows.n4_settings(
+  settings = file_jobs.n4_settings(
       shrink=args.shrink, iterations=args.iterations, convergence=args.convergence,
       control_points=args.control_points, spline_distance=args.spline_distance, bins=args.bins,
       fwhm=args.fwhm, wiener=args.wiener)
-  s = workflows.n4_nifti(args.input, args.output, backend=args.backend, mask_path=args.mask,
+  s = file_jobs.n4_nifti(args.input, args.output, backend=args.backend, mask_path=args.mask,
                          save_field=args.save_field, overwrite=args.overwrite, settings=settings,
                          announce=lambda m: print(m, file=sys.stderr, flush=True))
   print(f"wrote {args.output} (shape {s['shape']}, shrink {s['shrink']}, field in mask "
@@ -108,94 +117,22 @@ def _cmd_n4(args) -> int:
 
 
 def _cmd_build_data(args) -> int:
-  from mri_jax import workflows
+  from mri_jax.data import build
 
-  s = workflows.build_data(args.config, data_dir=args.data_dir, manual_dir=args.manual_dir,
+  s = build.build_data(args.config, data_dir=args.data_dir, manual_dir=args.manual_dir,
                            n4_backend=args.n4_backend, seed=args.seed, subjects=args.subjects)
   print(f"built {s['name']} in {s['path']}: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
   print(f"read it with tfds.data_source('{s['name']}', split='train', data_dir='{args.data_dir}')")
   return 0
 
 
-def load_config(spec: str, overrides: list[str]):
-  """An ml_collections config from 'path/to/config.py[:arg]' with '--config.a.b=value' overrides."""
-  import importlib.util
-  from pathlib import Path
-
-  path, _, arg = spec.partition(":")
-  if not Path(path).is_file():
-    raise UserInputError(f"config file '{path}' does not exist")
-  import sys as _sys
-
-  for parent in Path(path).resolve().parents:  # configs import each other as `configs.x`
-    if (parent / "configs" / "__init__.py").exists():
-      if str(parent) not in _sys.path:
-        _sys.path.insert(0, str(parent))
-      break
-  mod_spec = importlib.util.spec_from_file_location(f"_mri_jax_config_{Path(path).stem}", path)
-  module = importlib.util.module_from_spec(mod_spec)
-  try:
-    mod_spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg else module.get_config()
-  except UserInputError:
-    raise
-  except Exception as err:
-    raise UserInputError(f"cannot load config '{spec}': {type(err).__name__}: {err}") from None
-  for item in overrides:
-    if not item.startswith("--config.") or "=" not in item:
-      raise UserInputError(f"unrecognised argument {item!r} (overrides look like --config.train.batch=16)")
-    dotted, _, text = item[len("--config."):].partition("=")
-    parts = dotted.split(".")
-    node = cfg
-    for p in parts[:-1]:
-      if p not in node:
-        raise UserInputError(f"config has no field {dotted!r}")
-      node = node[p]
-    if parts[-1] not in node:
-      raise UserInputError(f"config has no field {dotted!r}")
-    old = node[parts[-1]]
-    try:
-      if isinstance(old, bool):
-        value = {"true": True, "false": False, "1": True, "0": False}[text.lower()]
-      elif isinstance(old, (tuple, list)):
-        value = tuple(type(old[0])(v) if old else v for v in text.strip("()[]").split(",") if v.strip())
-      elif old is None:
-        value = text
-      else:
-        value = type(old)(text)
-    except (ValueError, KeyError):
-      raise UserInputError(f"--config.{dotted}: cannot read {text!r} as {type(old).__name__}") from None
-    node[parts[-1]] = value
-  return cfg
-
-
-def start_distributed(args) -> None:
-  """`jax.distributed.initialize` for multi-host training (before any JAX computation).
-
-  `--distributed` alone lets JAX detect the cluster (Cloud TPU pods, SLURM, Open MPI);
-  `--coordinator HOST:PORT --num-processes N --process-id I` sets it explicitly (e.g. several
-  processes on one machine). CPU collectives go through gloo.
-  """
-  explicit = (args.coordinator, args.num_processes, args.process_id)
-  if not args.distributed and all(v is None for v in explicit):
-    return
-  if any(v is not None for v in explicit) and any(v is None for v in explicit):
-    raise UserInputError("--coordinator, --num-processes and --process-id go together (or use --distributed "
-                         "alone to let JAX detect the cluster)")
-  if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
-    raise UserInputError(f"--process-id must be in [0, {args.num_processes}), not {args.process_id}")
-  import jax
-
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                             process_id=args.process_id)
-
-
 def _cmd_train(args) -> int:
-  from mri_jax import train
+  from mri_jax import config, train
+  from mri_jax.train import distributed
 
-  cfg = load_config(args.config, args.overrides)
-  start_distributed(args)
+  cfg = config.load(args.config, args.overrides)
+  distributed.initialize(distributed=args.distributed, coordinator=args.coordinator,
+                         num_processes=args.num_processes, process_id=args.process_id)
   result = train.train(cfg, args.workdir, log=lambda m: print(m, flush=True))
   print(f"done: {args.workdir} (final {result['final']})")
   return 0
@@ -203,21 +140,11 @@ def _cmd_train(args) -> int:
 
 def _cmd_ablations(args) -> int:
   from mri_jax import ablations
-  from mri_jax.io.nifti import atomic_write_bytes
 
   rows = ablations.collect(args.runs)
   table = ablations.to_markdown(rows)
-  for path in (args.markdown, args.csv, args.plot):
-    if path:
-      Path(path).parent.mkdir(parents=True, exist_ok=True)
   print(table, end="")
-  if args.markdown:
-    atomic_write_bytes(args.markdown, table.encode())
-  if args.csv:
-    atomic_write_bytes(args.csv, ablations.to_csv(rows).encode())
-  if args.plot:
-    ablations.plot(rows, args.plot)
-  written = [p for p in (args.markdown, args.csv, args.plot) if p]
+  written = ablations.write(rows, markdown_path=args.markdown, csv_path=args.csv, plot_path=args.plot)
   if written:
     print("wrote " + ", ".join(written))
   return 0
@@ -228,7 +155,7 @@ def _cmd_restore(args) -> int:
 
   s = restore.restore_nifti(args.input, args.output, checkpoint=args.checkpoint, steps=args.steps,
                             seed=args.seed, n4=args.n4, batch_size=args.batch_size, axis=args.axis,
-                            save_field=args.save_field, overwrite=args.overwrite,
+                            fidelity=args.fidelity, save_field=args.save_field, overwrite=args.overwrite,
                             progress=not args.quiet)
   where = f", slices along axis {s['axis']}" if s["axis"] is not None else ""
   print(f"wrote {args.output} (shape {s['shape']}{where}, K = {s['steps']}, N4 {s['n4']}, "
@@ -258,7 +185,9 @@ def _cmd_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  """The `mri-jax` argument parser with one sub-command per job."""
+  """The `mri-jax` argument parser with one sub-command per job (defaults read from the library)."""
+  from mri_jax import evaluate, file_jobs, restore
+
   parser = _Parser(prog="mri-jax", description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -311,25 +240,28 @@ def build_parser() -> argparse.ArgumentParser:
              "--spline-distance 100")
   p.add_argument("input", help="image to correct (.nii or .nii.gz, 2-D or 3-D)")
   p.add_argument("output", help="corrected image to write (.nii or .nii.gz)")
-  p.add_argument("--backend", choices=("jax", "sitk"), default="jax",
+  p.add_argument("--backend", choices=("jax", "sitk"), default=_defaults(file_jobs.n4_nifti)["backend"],
                  help="jax (compiled, fast; default) or sitk (SimpleITK's N4, the reference)")
   p.add_argument("--mask", metavar="M", help="foreground mask NIfTI (voxels > 0); default: Otsu")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative bias field (INPUT = OUTPUT × F)")
   p.add_argument("--overwrite", action="store_true", help="replace OUTPUT / --save-field if they exist")
+  from mri_jax.n4 import N4Settings
+
+  n4d = N4Settings()
   g = p.add_argument_group("N4 settings (defaults: SimpleITK's, with shrink 4)")
-  g.add_argument("--shrink", type=int, default=4, help="shrink factor, 1-16 (per axis, lowered so each "
-                 "shrunk axis keeps >= 16 voxels); default 4")
-  g.add_argument("--iterations", type=_int_list, default=(50, 50, 50, 50), metavar="N,N,...",
+  g.add_argument("--shrink", type=int, default=n4d.shrink, help="shrink factor, 1-16 (per axis, lowered so each "
+                 "shrunk axis keeps >= 16 voxels); default %(default)s")
+  g.add_argument("--iterations", type=_int_list, default=n4d.iterations, metavar="N,N,...",
                  help="maximum iterations per fitting level; the count of numbers is the number of "
-                      "levels; default 50,50,50,50")
-  g.add_argument("--convergence", type=float, default=0.001, help="convergence threshold; default 0.001")
-  g.add_argument("--control-points", type=int, default=4, metavar="N",
-                 help="B-spline control points per axis at the first level, 4-64; default 4")
-  g.add_argument("--spline-distance", type=float, default=None, metavar="MM",
+                      f"levels; default {','.join(map(str, n4d.iterations))}")
+  g.add_argument("--convergence", type=float, default=n4d.convergence, help="convergence threshold; default %(default)s")
+  g.add_argument("--control-points", type=int, default=n4d.control_points, metavar="N",
+                 help="B-spline control points per axis at the first level, 4-64; default %(default)s")
+  g.add_argument("--spline-distance", type=float, default=n4d.spline_distance, metavar="MM",
                  help="distance between first-level control points in mm (overrides --control-points)")
-  g.add_argument("--bins", type=int, default=200, help="histogram bins; default 200")
-  g.add_argument("--fwhm", type=float, default=0.15, help="bias-field FWHM for histogram sharpening; default 0.15")
-  g.add_argument("--wiener", type=float, default=0.01, help="Wiener filter noise; default 0.01")
+  g.add_argument("--bins", type=int, default=n4d.bins, help="histogram bins; default %(default)s")
+  g.add_argument("--fwhm", type=float, default=n4d.fwhm, help="bias-field FWHM for histogram sharpening; default %(default)s")
+  g.add_argument("--wiener", type=float, default=n4d.wiener, help="Wiener filter noise; default %(default)s")
   p.set_defaults(func=_cmd_n4)
 
   p = sub.add_parser(
@@ -388,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--plot", metavar="PNG", help="bar chart of SSIM / PSNR per run")
   p.set_defaults(func=_cmd_ablations)
 
+  rd = _defaults(restore.restore_nifti)
   p = sub.add_parser(
       "restore", help="remove noise and bias field from a NIfTI scan with the restorer",
       formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -408,16 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=int, default=None, metavar="K",
                  help="sampler steps, 1 … the model's schedule length (default: the model's "
                       "configured single pass)")
-  p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+  p.add_argument("--seed", type=int, default=rd["seed"], help="sampler seed (default %(default)s)")
   p.add_argument("--checkpoint", metavar="DIR",
                  help="a training workdir (latest checkpoint) or an `export-weights` folder; "
                       "default: the shipped weights")
-  p.add_argument("--n4", choices=("jax", "sitk", "none"), default="jax",
-                 help="N4 backend of the conditioning (default jax; none only for models trained "
+  p.add_argument("--n4", choices=restore.N4_CHOICES, default=rd["n4"],
+                 help="N4 backend of the conditioning (default %(default)s; none only for models trained "
                       "without N4)")
-  p.add_argument("--batch-size", type=int, default=16, metavar="B", help="slices per network call (default 16)")
+  p.add_argument("--batch-size", type=int, default=rd["batch_size"], metavar="B",
+                 help="slices per network call (default %(default)s)")
   p.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                  help="slicing axis of a 3-D volume (default: auto)")
+  p.add_argument("--fidelity", type=float, default=rd["fidelity"], metavar="W",
+                 help="weight in [0, 1] of the fidelity path (input pixels fed past the latent) for models "
+                      "that have one: 0 = the plain decoder; default: the model's (1)")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative N4 field used")
   p.add_argument("--overwrite", action="store_true", help="replace OUTPUT / --save-field if they exist")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -434,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("out_dir", help="folder to write (created)")
   p.set_defaults(func=_cmd_export_weights)
 
+  ed = _defaults(evaluate.evaluate)
   p = sub.add_parser(
       "evaluate", help="compare the restorer with N4 / N4+NLM / the oracle; faithfulness tests",
       formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -450,15 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
              "  mri-jax evaluate eval_out --data-dir data --faithfulness --steps 4 --checkpoint runs/default")
   p.add_argument("outdir", help="output directory (created)")
   p.add_argument("--data-dir", help="TFDS data directory holding --dataset (omit: real images only)")
-  p.add_argument("--dataset", default="mri_pairs/slices128", help="dataset name (default mri_pairs/slices128)")
-  p.add_argument("--split", default="test", choices=("test", "validation"), help="held-out split (default test)")
-  p.add_argument("--slices", type=int, default=64, help="synthetic slices, spread over the split (default 64)")
-  p.add_argument("--steps", type=int, default=4, metavar="K", help="the multi-step setting compared with K = 1 (default 4)")
+  p.add_argument("--dataset", default=ed["dataset"], help="dataset name (default %(default)s)")
+  p.add_argument("--split", default=ed["split"], choices=("test", "validation"), help="held-out split (default %(default)s)")
+  p.add_argument("--slices", type=int, default=ed["slices"], help="synthetic slices, spread over the split (default %(default)s)")
+  p.add_argument("--steps", type=int, default=ed["steps"], metavar="K",
+                 help="the multi-step setting compared with K = 1 (default %(default)s)")
   p.add_argument("--checkpoint", metavar="DIR", help="workdir or exported weights (default: shipped weights)")
   p.add_argument("--no-real", action="store_true", help="skip the real-image test set")
   p.add_argument("--faithfulness", action="store_true",
                  help="also run the lesion, seed-variance, 1-vs-K and background tests")
-  p.add_argument("--seed", type=int, default=0, help="seed of corruption, lesions and sampling (default 0)")
+  p.add_argument("--seed", type=int, default=ed["seed"], help="seed of corruption, lesions and sampling (default %(default)s)")
   p.set_defaults(func=_cmd_evaluate)
   return parser
 

@@ -23,9 +23,14 @@ How an image goes through (the same preparation the training slices had):
    (the caps above and below the anatomy, which the model never saw in training) are passed
    through unchanged.
 
+The network, its preparation of the input (steps 2–3) and the sampler live in
+`mri_jax.models.restorer`, shared with training; weights are read by `mri_jax.checkpoints`.
+This module never imports `mri_jax.train`.
+
 Checkpoints: `load_model(None)` loads `mri_jax/weights/default/` (config.json + model.npz, the
 exported EMA weights); `load_model(DIR)` loads an exported DIR the same way, or a training workdir
-(config.json + orbax checkpoints/, its latest step).
+(config.json + orbax checkpoints/, its latest step). N4 runs with the iterations the model's data
+was made with (`model.n4_iterations` in its config).
 """
 
 from __future__ import annotations
@@ -41,20 +46,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mri_jax import checkpoints
 from mri_jax.errors import UserInputError
+from mri_jax.models import restorer as R
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "default"
-N4_CHOICES = ("jax", "sitk", "none")
-MIN_FOREGROUND = 64  # voxels a slice needs to get its own intensity scale
+N4_CHOICES = R.N4_BACKENDS
+MIN_FOREGROUND = R.MIN_FOREGROUND
 PASS_THROUGH_FRACTION = 0.1  # slices with less foreground than this × the largest slice's are not restored
+DEFAULT_BATCH_SIZE = 16
 
 
 @dataclasses.dataclass
 class Model:
-  """A restorer ready to run: config, the trainer's `Setup` and the weights (AE + EMA UNet)."""
+  """A restorer ready to run: its config, networks (`Restorer`) and weights {"ae", "unet" (EMA)}."""
 
   config: ml_collections.ConfigDict
-  setup: object
+  restorer: R.Restorer
   params: dict
   source: str
   _fns: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -62,9 +70,7 @@ class Model:
   @property
   def factor(self) -> int:
     """Total downsampling: images are padded to a multiple of it."""
-    from mri_jax.train import trainer
-
-    return trainer.downsampling(self.config)
+    return self.restorer.factor
 
   @property
   def default_steps(self) -> int:
@@ -74,105 +80,55 @@ class Model:
   def max_steps(self) -> int:
     return int(self.config.schedule.steps)
 
+  @property
+  def conditioned_on_n4(self) -> bool:
+    return bool(self.config.model.condition_n4)
+
 
 # --------------------------------------------------------------------------------------------
 # Loading and exporting weights
 # --------------------------------------------------------------------------------------------
-def _flat(tree) -> dict[str, np.ndarray]:
-  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflat(template, flat: dict[str, np.ndarray], what: str):
-  paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-  leaves = []
-  for p, x in paths:
-    k = jax.tree_util.keystr(p)
-    if k not in flat or flat[k].shape != x.shape:
-      raise UserInputError(f"{what}: weights do not match the model in its config.json "
-                           f"({k} {'missing' if k not in flat else f'has shape {flat[k].shape}, expected {x.shape}'})")
-    leaves.append(jnp.asarray(flat[k], x.dtype))
-  return jax.tree.unflatten(treedef, leaves)
-
-
-def _read_config(directory: Path) -> ml_collections.ConfigDict:
-  path = directory / "config.json"
-  if not path.is_file():
-    raise UserInputError(f"checkpoint '{directory}' has no config.json (expected a training workdir or "
-                         "a folder written by `mri-jax export-weights`)")
+def _restorer_of(cfg, directory: Path) -> R.Restorer:
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except (ValueError, OSError) as err:
-    raise UserInputError(f"cannot read '{path}': {err}") from None
-
-
-def _weights_template(cfg):
-  from mri_jax.train import trainer
-
-  setup, state = trainer.init_state(cfg)
-  return setup, {"ae": state.get("ae"), "ema_unet": state["ema_unet"]}
-
-
-def load_workdir_state(workdir) -> tuple[ml_collections.ConfigDict, object, dict, int]:
-  """(config, setup, full train state, step) of the latest checkpoint of a training workdir."""
-  import orbax.checkpoint as ocp
-
-  from mri_jax.train import trainer
-
-  workdir = Path(workdir).resolve()
-  cfg = _read_config(workdir)
-  setup, state = trainer.init_state(cfg)
-  ckpt = workdir / "checkpoints"
-  mgr = ocp.CheckpointManager(ckpt) if ckpt.is_dir() else None
-  step = mgr.latest_step() if mgr is not None else None
-  if step is None:
-    raise UserInputError(f"workdir '{workdir}' holds no checkpoint yet")
-  leaves, treedef = jax.tree.flatten(state)
-  abstract = {f"{i:05d}": ocp.utils.to_shape_dtype_struct(x) for i, x in enumerate(leaves)}
-  try:
-    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  except Exception as err:  # orbax raises many types for unreadable / mismatched checkpoints
-    raise UserInputError(f"cannot read checkpoint step {step} in '{ckpt}' ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]})") from None
-  finally:
-    mgr.close()
-  state = jax.tree.unflatten(treedef, [restored["state"][f"{i:05d}"] for i in range(len(leaves))])
-  return cfg, setup, state, int(step)
+    return R.Restorer.from_config(cfg)
+  except Exception as err:  # a config.json that does not describe a model
+    raise UserInputError(f"'{directory / checkpoints.CONFIG_FILE}' does not describe a restorer "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def load_model(checkpoint=None) -> Model:
   """The restorer in `checkpoint` (None: the shipped default weights).
 
   Raises:
-    UserInputError: a missing/unreadable checkpoint or one whose weights do not fit its config.
+    UserInputError: a missing/unreadable checkpoint, one whose weights do not fit its config, or
+      weights that are not finite.
   """
   directory = WEIGHTS_DIR if checkpoint is None else Path(checkpoint)
   if not directory.is_dir():
     if checkpoint is None:
       raise UserInputError(f"the default weights are missing from the installation ({directory})")
     raise UserInputError(f"--checkpoint '{checkpoint}' is not a directory")
-  npz = directory / "model.npz"
-  if npz.is_file():
-    cfg = _read_config(directory)
-    try:
-      setup, template = _weights_template(cfg)
-    except Exception as err:  # a config.json that does not describe a model
-      raise UserInputError(f"'{directory / 'config.json'}' does not describe a restorer ({type(err).__name__}: {err})") from None
-    try:
-      with np.load(npz) as z:
-        flat = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-      raise UserInputError(f"cannot read '{npz}': {err}") from None
-    params = {"ema_unet": _unflat(template["ema_unet"], {k[len("ema_unet"):]: v for k, v in flat.items()
-                                                         if k.startswith("ema_unet")}, str(npz))}
-    if template["ae"] is not None:
-      params["ae"] = _unflat(template["ae"], {k[len("ae"):]: v for k, v in flat.items() if k.startswith("ae[")
-                                              or k.startswith("ae.")}, str(npz))
-    return Model(cfg, setup, params, str(directory))
-  cfg, setup, state, step = load_workdir_state(directory)
-  params = {"ema_unet": state["ema_unet"]}
-  if state.get("ae") is not None:
-    params["ae"] = state["ae"]
-  return Model(cfg, setup, params, f"{directory} (step {step})")
+  cfg = checkpoints.read_config(directory)
+  restorer = _restorer_of(cfg, directory)
+  template = restorer.abstract_params()
+  if (directory / checkpoints.WEIGHTS_FILE).is_file():
+    params = checkpoints.load_weights(directory, template)
+    return Model(cfg, restorer, params, str(directory))
+  step = checkpoints.latest_step(directory)
+  if step is None:
+    raise UserInputError(f"'{directory}' holds neither {checkpoints.WEIGHTS_FILE} nor a training checkpoint")
+  ckpt = checkpoints.Checkpointer(Path(directory) / "checkpoints")
+  try:
+    saved = ckpt.restore_named(step)
+  finally:
+    ckpt.close()
+  what = f"checkpoint step {step} in '{directory}'"
+  stored = {"ae": "ae", "unet": "ema_unet", "fid": "fid"}  # params entry → TrainState field
+  params = {name: None if template[name] is None else checkpoints.from_named(template[name], saved.get(field) or {}, what)
+            for name, field in stored.items()}
+  params = jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), params, template)
+  checkpoints.check_finite(params, what)
+  return Model(cfg, restorer, params, f"{directory} (step {step})")
 
 
 def export_weights(workdir, out_dir) -> dict:
@@ -181,22 +137,13 @@ def export_weights(workdir, out_dir) -> dict:
   The result (config.json + model.npz, float32) is what `load_model(out_dir)` reads and what
   ships in `mri_jax/weights/default/`. Files are written atomically.
   """
-  from mri_jax.io.nifti import atomic_write_bytes
-  import io
-
-  cfg, _, state, step = load_workdir_state(workdir)
-  flat = {"ema_unet" + k: v for k, v in _flat(state["ema_unet"]).items()}
-  if state.get("ae") is not None:
-    flat.update({"ae" + k: v for k, v in _flat(state["ae"]).items()})
-  out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  buf = io.BytesIO()
-  np.savez_compressed(buf, **{k: v.astype(np.float32) for k, v in sorted(flat.items())})
-  atomic_write_bytes(out / "model.npz", buf.getvalue())
-  meta = json.loads(cfg.to_json_best_effort())
+  if (Path(workdir) / checkpoints.WEIGHTS_FILE).is_file() or checkpoints.latest_step(workdir) is None:
+    raise UserInputError(f"'{workdir}' is not a training workdir with a checkpoint")
+  model = load_model(workdir)
+  step = checkpoints.latest_step(workdir)
+  meta = json.loads(model.config.to_json_best_effort())
   meta["exported_from_step"] = step
-  atomic_write_bytes(out / "config.json", json.dumps(meta, indent=2).encode())
-  return {"step": step, "bytes": len(buf.getvalue()), "arrays": len(flat), "path": str(out)}
+  return {"step": step, **checkpoints.save_weights(out_dir, meta, model.params)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,49 +174,50 @@ def auto_axis(shape, spacing=None, affine=None) -> int:
   return len(shape) - 1
 
 
-def _make_fn(model: Model, k: int):
+def _make_fn(model: Model, k: int, fidelity_weight: float | None = None):
   """The jitted K-step restorer of `model` (cached on the model: one compile per shape)."""
-  from mri_jax.train import trainer
-
-  if k in model._fns:
-    return model._fns[k]
+  if (k, fidelity_weight) in model._fns:
+    return model._fns[k, fidelity_weight]
 
   @jax.jit
   def run(params, corrupted, n4, log_field, key):
-    state = {"ema_unet": params["ema_unet"], "ae": params.get("ae")}
-    return trainer.restore_normalised(model.setup, state, corrupted[..., None], n4[..., None],
-                                      log_field[..., None], key, k=k)
+    return model.restorer.restore(params, corrupted[..., None], n4[..., None], log_field[..., None], key, k=k,
+                                  fidelity_weight=fidelity_weight)
 
-  model._fns[k] = run
+  model._fns[k, fidelity_weight] = run
   return run
 
 
-def _n4_slices(slices: np.ndarray, masks: np.ndarray, backend: str, batch_size: int):
-  """(N4-corrected, log field) of normalised slices; slices with no foreground pass unchanged."""
-  from mri_jax import n4
-  from mri_jax.data import pairs
+def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE,
+                  axis=None, fidelity=None) -> None:
+  """Raises UserInputError for options out of range (those that need no model)."""
+  if fidelity is not None and not 0.0 <= float(fidelity) <= 1.0:
+    raise UserInputError(f"fidelity weight (--fidelity) must be in [0, 1], got {fidelity}")
+  if steps is not None and int(steps) < 1:
+    raise UserInputError(f"steps (--steps) must be ≥ 1, got {steps}")
+  if n4 not in N4_CHOICES:
+    raise UserInputError(f"n4 (--n4) must be one of {N4_CHOICES}, got {n4!r}")
+  if batch_size < 1:
+    raise UserInputError(f"batch size (--batch-size) must be ≥ 1, got {batch_size}")
+  if seed < 0:
+    raise UserInputError(f"seed (--seed) must be a non-negative integer, got {seed}")
+  if axis is not None and not 0 <= int(axis) <= 2:
+    raise UserInputError(f"axis (--axis) must be 0, 1 or 2 for a 3-D image, got {axis}")
 
-  corrected, log_field = slices.copy(), np.zeros_like(slices)
-  if backend == "none":
-    return corrected, log_field
-  settings = n4.N4Settings(iterations=pairs.PairsConfig().n4_iterations)
-  idx = np.flatnonzero(masks.reshape(len(masks), -1).sum(axis=1) >= MIN_FOREGROUND)
-  for start in range(0, len(idx), batch_size):
-    sel = idx[start:start + batch_size]
-    if backend == "jax":
-      pad = np.concatenate([sel, np.repeat(sel[-1:], batch_size - len(sel))]) if len(idx) > batch_size else sel
-      res = n4.n4_batch(slices[pad], masks[pad], settings=settings)
-      corrected[sel] = np.asarray(res.corrected)[:len(sel)]
-      log_field[sel] = np.asarray(res.log_field)[:len(sel)]
-    else:
-      for i in sel:
-        r = n4.n4_sitk(slices[i], masks[i], settings=settings)
-        corrected[i], log_field[i] = r.corrected, r.log_field
-  return corrected, log_field
+
+def check_model_options(model: Model, *, steps=None, n4: str = "jax") -> int:
+  """The number of sampler steps K; raises UserInputError for options this model cannot take."""
+  k = model.default_steps if steps is None else int(steps)
+  if not 1 <= k <= model.max_steps:
+    raise UserInputError(f"steps (--steps) must be in [1, {model.max_steps}] for this model, got {steps}")
+  if n4 == "none" and model.conditioned_on_n4:
+    raise UserInputError("this model was trained with N4 conditioning (model.condition_n4 in its config): "
+                         "use --n4 jax or --n4 sitk; 'none' would give it inputs it never saw")
+  return k
 
 
 def check_image(data: np.ndarray, name: str = "input") -> None:
-  """Raises UserInputError for images the restorer cannot take (shape, NaN/Inf, constant)."""
+  """Raises UserInputError for images the restorer cannot take (shape, NaN/Inf, constant, too small)."""
   if data.ndim not in (2, 3):
     raise UserInputError(f"{name} must be 2-D or 3-D, got shape {data.shape}")
   if data.size == 0 or min(data.shape) < 1:
@@ -285,8 +233,8 @@ def check_image(data: np.ndarray, name: str = "input") -> None:
 
 
 def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | None = None, seed: int = 0,
-                  n4: str = "jax", batch_size: int = 16, axis: int | None = None, spacing=None,
-                  affine=None, progress: bool = False) -> RestoreResult:
+                  n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, spacing=None,
+                  affine=None, fidelity: float | None = None, progress: bool = False) -> RestoreResult:
   """Restores a 2-D or 3-D magnitude image (see the module docstring for the steps).
 
   Args:
@@ -294,36 +242,30 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     model: from `load_model` (default: the shipped weights).
     steps: sampler steps K, 1 … the schedule's T (default: the model's configured K).
     seed: sampler seed (the output depends on it only for stochastic/noise-started schedules).
-    n4: 'jax', 'sitk' or 'none' — N4 backend of the conditioning.
+    n4: 'jax', 'sitk' or 'none' — N4 backend of the conditioning ('none' only for models trained
+      without N4 conditioning).
     batch_size: slices per network call.
     axis: slicing axis of a 3-D volume (default `auto_axis`).
     spacing, affine: voxel size and affine, used only to choose the axis.
+    fidelity: weight w ∈ [0, 1] of the fidelity path (default: the model's; no effect on models
+      without one).
     progress: show a progress bar on stderr.
   """
   from tqdm.auto import tqdm
 
   from mri_jax.n4 import otsu_mask
 
-  model = load_model() if model is None else model
+  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity)
   data = np.asarray(data, np.float32)
   squeeze = data.ndim == 3 and data.shape[-1] == 1
   vol = data[..., 0] if squeeze else data
   check_image(vol)
-  k = model.default_steps if steps is None else int(steps)
-  if not 1 <= k <= model.max_steps:
-    raise UserInputError(f"--steps must be in [1, {model.max_steps}] for this model, got {steps}")
-  if n4 not in N4_CHOICES:
-    raise UserInputError(f"--n4 must be one of {N4_CHOICES}, got {n4!r}")
-  if batch_size < 1:
-    raise UserInputError(f"--batch-size must be ≥ 1, got {batch_size}")
-  if seed < 0:
-    raise UserInputError(f"--seed must be a non-negative integer, got {seed}")
+  model = load_model() if model is None else model
+  k = check_model_options(model, steps=steps, n4=n4)
   times = {}
   t0 = time.perf_counter()
   if vol.ndim == 3:
     ax = auto_axis(vol.shape, spacing, affine) if axis is None else int(axis)
-    if not 0 <= ax <= 2:
-      raise UserInputError(f"--axis must be 0, 1 or 2 for a 3-D image, got {axis}")
     slices = np.moveaxis(vol, ax, 0)
   else:
     ax, slices = None, vol[None]
@@ -331,25 +273,16 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   mask = np.asarray(otsu_mask(slices if vol.ndim == 3 else slices[0])).reshape(slices.shape)
   if not mask.any():
     raise UserInputError("no foreground found (Otsu's mask is empty)")
-  fg_mean = float(slices[mask].mean())
   counts = mask.reshape(len(slices), -1).sum(axis=1)
   # Slices with (almost) no anatomy — the caps of a volume — were never in training: pass them through.
   anatomy = counts >= max(MIN_FOREGROUND, PASS_THROUGH_FRACTION * counts.max())
-  sums = (slices * mask).reshape(len(slices), -1).sum(axis=1)
-  scale = np.where(counts >= MIN_FOREGROUND, sums / np.maximum(counts, 1), fg_mean).astype(np.float32)
-  scale = np.maximum(scale, 1e-12)
-  norm = slices / scale[:, None, None]
-  f = model.factor
-  nx, ny = norm.shape[1:]
-  px, py = -(-nx // f) * f, -(-ny // f) * f
-  pads = ((0, 0), ((px - nx) // 2, px - nx - (px - nx) // 2), ((py - ny) // 2, py - ny - (py - ny) // 2))
-  norm_p, mask_p = np.pad(norm, pads), np.pad(mask, pads)
-  n4_img, n4_log = _n4_slices(norm_p, mask_p, n4, batch_size)
+  prep = R.prepare_slices(slices, mask, model.factor, n4_backend=n4, n4_settings=R.n4_settings(model.config),
+                          batch_size=batch_size)
   times["n4"] = time.perf_counter() - t0
   t1 = time.perf_counter()
-  run = _make_fn(model, k)
-  out = np.zeros_like(norm_p)
-  n = len(norm_p)
+  run = _make_fn(model, k, None if fidelity is None else float(fidelity))
+  out = np.zeros_like(prep.corrupted)
+  n = len(out)
   bs = min(batch_size, n)
   key = jax.random.key(seed)
   batches = range(0, n, bs)
@@ -357,14 +290,13 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
                                  file=sys.stderr)):
     sel = np.arange(start, min(start + bs, n))
     pad_sel = np.concatenate([sel, np.repeat(sel[-1:], bs - len(sel))])  # one shape → one compile
-    res = run(model.params, jnp.asarray(norm_p[pad_sel]), jnp.asarray(n4_img[pad_sel]),
-              jnp.asarray(n4_log[pad_sel]), jax.random.fold_in(key, i))
+    res = run(model.params, jnp.asarray(prep.corrupted[pad_sel]), jnp.asarray(prep.n4[pad_sel]),
+              jnp.asarray(prep.log_field[pad_sel]), jax.random.fold_in(key, i))
     out[sel] = np.asarray(res)[:len(sel)]
   times["network"] = time.perf_counter() - t1
-  crop = (slice(None), slice(pads[1][0], pads[1][0] + nx), slice(pads[2][0], pads[2][0] + ny))
-  restored = np.maximum(out[crop], 0.0) * scale[:, None, None]
+  restored = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
   restored[~anatomy] = slices[~anatomy]
-  field = None if n4 == "none" else np.exp(n4_log[crop])
+  field = None if n4 == "none" else np.exp(prep.log_field[prep.crop])
   if vol.ndim == 3:
     restored, mask_o = np.moveaxis(restored, 0, ax), np.moveaxis(mask, 0, ax)
     field = None if field is None else np.moveaxis(field, 0, ax)
@@ -381,26 +313,28 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
 
 
 def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed: int = 0, n4: str = "jax",
-                  batch_size: int = 16, axis: int | None = None, save_field=None, overwrite: bool = False,
-                  progress: bool = False) -> dict:
+                  batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
+                  save_field=None, overwrite: bool = False, progress: bool = False) -> dict:
   """Restores a 2-D/3-D NIfTI into `output_path` (header, affine and voxel size kept; atomic write).
 
   `save_field` receives the multiplicative N4 field the restorer was conditioned on (slice-wise,
-  as computed for the network), so input ≈ field × N4-corrected image.
+  as computed for the network), so input ≈ field × N4-corrected image. Options, paths and the
+  image are checked before the model is loaded.
 
   Raises:
     UserInputError: bad input, options or checkpoint; output path problems. Nothing is written then.
   """
   from mri_jax.io import nifti
-  from mri_jax.workflows import check_outputs
 
+  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity)
   if save_field is not None and n4 == "none":
     raise UserInputError("--save-field needs an N4 field: use --n4 jax or --n4 sitk")
-  out, field_out = check_outputs(output_path, save_field, input_path, overwrite=overwrite)
+  out, field_out = nifti.check_outputs(output_path, save_field, input_path, overwrite=overwrite)
   img = nifti.load_nifti(input_path)
+  check_image(img.data[..., 0] if img.data.ndim == 3 and img.data.shape[-1] == 1 else img.data)
   model = load_model(checkpoint)
   res = restore_array(img.data, model, steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis,
-                      spacing=img.spacing, affine=img.image.affine, progress=progress)
+                      spacing=img.spacing, affine=img.image.affine, fidelity=fidelity, progress=progress)
   nifti.save_nifti_like(out, res.image, img, description="mri-jax restore")
   if field_out is not None:
     nifti.save_nifti_like(field_out, res.field, img, description="mri-jax restore n4 field")

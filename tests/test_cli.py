@@ -1,7 +1,5 @@
-"""`mri-jax simulate` and `demo` end to end: header/affine kept, determinism, one-line errors."""
+"""`mri-jax simulate` end to end: header/affine kept, determinism, one-line errors."""
 
-import gzip
-import json
 import subprocess
 import sys
 
@@ -9,17 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri_jax import cli
-
-
-def _write(path, data, affine=None, zooms=None):
-  affine = np.diag([1.2, 0.9, 2.0, 1.0]) if affine is None else affine
-  img = nib.Nifti1Image(np.asarray(data), affine)
-  img.header["descrip"] = b"test input"
-  if zooms is not None:
-    img.header.set_zooms(zooms)
-  nib.save(img, str(path))
-  return path
+from tests.conftest import run_cli, write_nifti
 
 
 @pytest.fixture
@@ -27,22 +15,16 @@ def volume(tmp_path):
   rng = np.random.default_rng(0)
   data = (rng.uniform(0, 100, (20, 18, 12))).astype(np.float32)
   affine = np.array([[0, -1.2, 0, 10], [0.9, 0, 0, -5], [0, 0, 2.0, 3], [0, 0, 0, 1]])
-  return _write(tmp_path / "vol.nii.gz", data, affine)
-
-
-def _run(argv, capsys):
-  code = cli.main(argv)
-  cap = capsys.readouterr()
-  return code, cap.out, cap.err
+  return write_nifti(tmp_path / "vol.nii.gz", data, affine)
 
 
 def test_simulate_keeps_header_affine_and_is_byte_deterministic(volume, tmp_path, capsys):
   out1, out2, out3 = (tmp_path / f"o{i}.nii.gz" for i in range(3))
   field = tmp_path / "field.nii.gz"
   before = volume.read_bytes()
-  assert _run(["simulate", str(volume), str(out1), "--seed", "3", "--save-field", str(field)], capsys)[0] == 0
-  assert _run(["simulate", str(volume), str(out2), "--seed", "3"], capsys)[0] == 0
-  assert _run(["simulate", str(volume), str(out3), "--seed", "4"], capsys)[0] == 0
+  assert run_cli(["simulate", str(volume), str(out1), "--seed", "3", "--save-field", str(field)], capsys)[0] == 0
+  assert run_cli(["simulate", str(volume), str(out2), "--seed", "3"], capsys)[0] == 0
+  assert run_cli(["simulate", str(volume), str(out3), "--seed", "4"], capsys)[0] == 0
   assert volume.read_bytes() == before  # input untouched
   assert out1.read_bytes() == out2.read_bytes()
   assert out1.read_bytes() != out3.read_bytes()
@@ -59,9 +41,9 @@ def test_simulate_keeps_header_affine_and_is_byte_deterministic(volume, tmp_path
 
 
 def test_simulate_2d_stored_as_xy1_is_written_back_as_xy1(tmp_path, capsys):
-  src = _write(tmp_path / "slice.nii", np.random.default_rng(1).uniform(0, 1, (32, 40, 1)).astype(np.float32))
+  src = write_nifti(tmp_path / "slice.nii", np.random.default_rng(1).uniform(0, 1, (32, 40, 1)).astype(np.float32))
   out = tmp_path / "slice_out.nii"
-  code, stdout, _ = _run(["simulate", str(src), str(out), "--coils", "1", "--noise", "0.05"], capsys)
+  code, stdout, _ = run_cli(["simulate", str(src), str(out), "--coils", "1", "--noise", "0.05"], capsys)
   assert code == 0 and "shape [32, 40]" in stdout
   assert nib.load(str(out)).shape == (32, 40, 1)
 
@@ -69,11 +51,11 @@ def test_simulate_2d_stored_as_xy1_is_written_back_as_xy1(tmp_path, capsys):
 def _bad_inputs(tmp_path):
   text = tmp_path / "notes.nii.gz"
   text.write_text("not an image")
-  four_d = _write(tmp_path / "fmri.nii.gz", np.ones((8, 8, 8, 3), np.float32))
+  four_d = write_nifti(tmp_path / "fmri.nii.gz", np.ones((8, 8, 8, 3), np.float32))
   nan = np.ones((8, 8, 8), np.float32)
   nan[2, 2, 2] = np.nan
-  nan_path = _write(tmp_path / "nan.nii.gz", nan)
-  zeros = _write(tmp_path / "zeros.nii.gz", np.zeros((8, 8, 8), np.float32))
+  nan_path = write_nifti(tmp_path / "nan.nii.gz", nan)
+  zeros = write_nifti(tmp_path / "zeros.nii.gz", np.zeros((8, 8, 8), np.float32))
   png = tmp_path / "image.png"
   png.write_bytes(b"\x89PNG")
   return {
@@ -90,7 +72,7 @@ def _bad_inputs(tmp_path):
 def test_bad_input_gives_one_line_and_writes_nothing(case, tmp_path, capsys):
   args, message = _bad_inputs(tmp_path)[case]
   out = tmp_path / "out.nii.gz"
-  code, _, err = _run(["simulate", *args, str(out)], capsys)
+  code, _, err = run_cli(["simulate", *args, str(out)], capsys)
   assert code == 2
   assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
   assert not out.exists()
@@ -105,7 +87,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, tmp_path, capsys):
 def test_bad_options_give_one_line_and_write_nothing(options, message, volume, tmp_path, capsys):
   out = tmp_path / "out.nii.gz"
   try:
-    code, _, err = _run(["simulate", str(volume), str(out), *options], capsys)
+    code, _, err = run_cli(["simulate", str(volume), str(out), *options], capsys)
   except SystemExit as exc:  # argparse type errors exit through the parser
     code, err = exc.code, capsys.readouterr().err
   assert code == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -113,14 +95,14 @@ def test_bad_options_give_one_line_and_write_nothing(options, message, volume, t
 
 
 def test_output_rules(volume, tmp_path, capsys):
-  code, _, err = _run(["simulate", str(volume), str(volume)], capsys)
+  code, _, err = run_cli(["simulate", str(volume), str(volume)], capsys)
   assert code == 2 and "is the input" in err
   out = tmp_path / "exists.nii.gz"
   out.write_bytes(b"keep me")
-  code, _, err = _run(["simulate", str(volume), str(out)], capsys)
+  code, _, err = run_cli(["simulate", str(volume), str(out)], capsys)
   assert code == 2 and "--overwrite" in err and out.read_bytes() == b"keep me"
-  assert _run(["simulate", str(volume), str(out), "--overwrite"], capsys)[0] == 0
-  code, _, err = _run(["simulate", str(volume), str(tmp_path / "no_dir" / "o.nii.gz")], capsys)
+  assert run_cli(["simulate", str(volume), str(out), "--overwrite"], capsys)[0] == 0
+  code, _, err = run_cli(["simulate", str(volume), str(tmp_path / "no_dir" / "o.nii.gz")], capsys)
   assert code == 2 and "does not exist" in err
 
 
@@ -131,26 +113,3 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
   help_text = subprocess.run([sys.executable, "-m", "mri_jax", "simulate", "--help"], capture_output=True,
                              text=True)
   assert help_text.returncode == 0 and "examples:" in help_text.stdout
-
-
-def test_demo_runs_on_the_embedded_default(tmp_path, capsys):
-  code, stdout, _ = _run(["demo", str(tmp_path / "demo")], capsys)
-  assert code == 0 and "| restored |" in stdout
-  out = tmp_path / "demo"
-  for name in ("clean", "corrupted", "bias_field", "n4", "restored"):
-    assert (out / f"{name}.nii.gz").stat().st_size > 0
-  for name in ("montage.png", "metrics.json", "metrics.md"):
-    assert (out / name).stat().st_size > 0
-  m = json.loads((out / "metrics.json").read_text())["methods"]
-  # The simulator's bias raises white-matter CV well above the clean subject's; dividing by the
-  # true field brings it back near the clean value plus noise.
-  assert m["corrupted"]["wm_cv"] > 3 * m["clean"]["wm_cv"]
-  assert m["corrupted / true field (oracle)"]["wm_cv"] < 0.5 * m["corrupted"]["wm_cv"]
-  # The shipped restorer improves on its input (structure and bias) on this unseen subject.
-  assert m["restored"]["ssim"] > m["corrupted"]["ssim"] + 0.03
-  assert m["restored"]["psnr"] > m["corrupted"]["psnr"] + 2.0
-  assert m["restored"]["wm_cv"] < 0.8 * m["corrupted"]["wm_cv"]
-  restored = nib.load(str(out / "restored.nii.gz"))
-  np.testing.assert_allclose(restored.affine, nib.load(str(out / "clean.nii.gz")).affine)
-  with gzip.open(out / "corrupted.nii.gz") as f:
-    assert len(f.read()) > 348

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mri_jax import cli, train
+from mri_jax import cli, config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["--config.train.ae_steps=3", "--config.train.diffusion_steps=3", "--config.train.log_every=1",
@@ -33,7 +33,7 @@ def _free_port() -> int:
 def test_two_processes_agree_with_one_process(tiny_dataset, tmp_path):
   data_dir, _ = tiny_dataset
   overrides = OVERRIDES + [f"--config.data.data_dir={data_dir}"]
-  cfg = cli.load_config(str(ROOT / "configs/tiny.py"), overrides)
+  cfg = config.load("configs/tiny.py", overrides)
   single = train.train(cfg, tmp_path / "single", devices=jax.devices()[:2], log=lambda m: None)["history"]
 
   workdir, port = tmp_path / "multi", _free_port()

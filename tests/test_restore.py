@@ -9,23 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri_jax import cli, restore
+from mri_jax import restore
+from mri_jax.errors import UserInputError
 from mri_jax.data import pairs
-
-
-def _write(path, data, affine=None, zooms=None):
-  img = nib.Nifti1Image(np.asarray(data, np.float32), np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine)
-  img.header["descrip"] = b"restore test input"
-  if zooms is not None:
-    img.header.set_zooms(zooms)
-  nib.save(img, str(path))
-  return path
-
-
-def _run(argv, capsys):
-  code = cli.main(argv)
-  cap = capsys.readouterr()
-  return code, cap.out, cap.err
+from tests.conftest import run_cli, write_nifti
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +39,12 @@ def test_restore_2d_odd_size_keeps_header_and_scale(subject, tmp_path, capsys):
   z = int(np.argmax(mask.sum(axis=(0, 1))))
   img2d = 1000.0 * noisy[3:-2, 1:, z]  # odd size, arbitrary intensity scale
   affine = np.array([[0, -2.0, 0, 10], [2.0, 0, 0, -5], [0, 0, 2.0, 3], [0, 0, 0, 1]])
-  src = _write(tmp_path / "slice.nii.gz", img2d, affine)
+  src = write_nifti(tmp_path / "slice.nii.gz", img2d, affine)
   src_bytes = src.read_bytes()
   for name, data in (("xy", img2d), ("xy1", img2d[..., None])):
-    inp = _write(tmp_path / f"{name}.nii.gz", data, affine)
+    inp = write_nifti(tmp_path / f"{name}.nii.gz", data, affine)
     out = tmp_path / f"{name}_out.nii.gz"
-    code, stdout, _ = _run(["restore", str(inp), str(out), "--quiet"], capsys)
+    code, stdout, _ = run_cli(["restore", str(inp), str(out), "--quiet"], capsys)
     assert code == 0 and "wrote" in stdout
     res = nib.load(str(out))
     assert res.shape == data.shape
@@ -74,13 +61,13 @@ def test_restore_2d_odd_size_keeps_header_and_scale(subject, tmp_path, capsys):
 def test_restore_3d_anisotropic_auto_axis_save_field_and_determinism(subject, tmp_path, capsys):
   _, _, noisy = subject
   vol = noisy[:, :, ::3]  # thick slices along z
-  inp = _write(tmp_path / "vol.nii.gz", vol, np.diag([4.0, 4.0, 12.0, 1.0]))
+  inp = write_nifti(tmp_path / "vol.nii.gz", vol, np.diag([4.0, 4.0, 12.0, 1.0]))
   outs = [tmp_path / f"out{i}.nii.gz" for i in range(2)]
   field = tmp_path / "field.nii.gz"
-  code, stdout, _ = _run(["restore", str(inp), str(outs[0]), "--save-field", str(field), "--quiet",
+  code, stdout, _ = run_cli(["restore", str(inp), str(outs[0]), "--save-field", str(field), "--quiet",
                           "--batch-size", "3", "--seed", "5"], capsys)
   assert code == 0 and "slices along axis 2" in stdout
-  code, _, _ = _run(["restore", str(inp), str(outs[1]), "--quiet", "--batch-size", "3", "--seed", "5"], capsys)
+  code, _, _ = run_cli(["restore", str(inp), str(outs[1]), "--quiet", "--batch-size", "3", "--seed", "5"], capsys)
   assert code == 0
   assert outs[0].read_bytes() == outs[1].read_bytes()
   f = np.asarray(nib.load(str(field)).dataobj)
@@ -100,17 +87,17 @@ def test_auto_axis_prefers_thick_voxels_then_superior_direction():
                                   "batch0", "field_without_n4", "output_exists", "tiny_image"])
 def test_restore_errors_are_one_line_and_write_nothing(case, subject, tmp_path, capsys):
   _, _, noisy = subject
-  good = _write(tmp_path / "good.nii.gz", noisy[..., noisy.shape[-1] // 2])
+  good = write_nifti(tmp_path / "good.nii.gz", noisy[..., noisy.shape[-1] // 2])
   out = tmp_path / "out.nii.gz"
   argv = ["restore", str(good), str(out), "--quiet"]
   if case == "4d":
-    argv[1] = str(_write(tmp_path / "v4.nii.gz", np.ones((8, 8, 8, 2))))
+    argv[1] = str(write_nifti(tmp_path / "v4.nii.gz", np.ones((8, 8, 8, 2))))
   elif case == "nan":
     bad = noisy[..., 5].copy()
     bad[3, 3] = np.nan
-    argv[1] = str(_write(tmp_path / "nan.nii.gz", bad))
+    argv[1] = str(write_nifti(tmp_path / "nan.nii.gz", bad))
   elif case == "constant":
-    argv[1] = str(_write(tmp_path / "c.nii.gz", np.full((32, 32), 7.0)))
+    argv[1] = str(write_nifti(tmp_path / "c.nii.gz", np.full((32, 32), 7.0)))
   elif case == "not_nifti":
     (tmp_path / "x.nii.gz").write_text("hello")
     argv[1] = str(tmp_path / "x.nii.gz")
@@ -128,8 +115,8 @@ def test_restore_errors_are_one_line_and_write_nothing(case, subject, tmp_path, 
   elif case == "output_exists":
     out.write_bytes(b"keep me")
   elif case == "tiny_image":
-    argv[1] = str(_write(tmp_path / "t.nii.gz", np.random.default_rng(0).random((5, 40))))
-  code, stdout, err = _run(argv, capsys)
+    argv[1] = str(write_nifti(tmp_path / "t.nii.gz", np.random.default_rng(0).random((5, 40))))
+  code, stdout, err = run_cli(argv, capsys)
   assert code == 2, (case, err)
   assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
   if case == "output_exists":
@@ -145,27 +132,26 @@ def test_console_restore_error_has_no_traceback(tmp_path):
 
 
 def test_export_weights_round_trip_matches_the_workdir(tiny_dataset, tmp_path, capsys):
-  sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-  from configs import tiny
   from mri_jax import train
+  from tests.conftest import tiny_config
 
   data_dir, _ = tiny_dataset
-  cfg = tiny.get_config()
-  cfg.data.data_dir = str(data_dir)
-  cfg.train.ae_steps, cfg.train.diffusion_steps = 2, 2
-  train.train(cfg, tmp_path / "run", log=lambda m: None)
-  code, stdout, _ = _run(["export-weights", str(tmp_path / "run"), str(tmp_path / "export")], capsys)
+  train.train(tiny_config(data_dir, ae_steps=2, diffusion_steps=2), tmp_path / "run", log=lambda m: None)
+  code, stdout, _ = run_cli(["export-weights", str(tmp_path / "run"), str(tmp_path / "export")], capsys)
   assert code == 0 and "from step 4" in stdout
   a, b = restore.load_model(tmp_path / "run"), restore.load_model(tmp_path / "export")
   x = np.random.default_rng(1).uniform(0.1, 1.0, (2, 48, 48)).astype(np.float32)
-  ra = restore.restore_array(x, a, axis=0, n4="none").image
-  rb = restore.restore_array(x, b, axis=0, n4="none").image
+  ra = restore.restore_array(x, a, axis=0).image
+  rb = restore.restore_array(x, b, axis=0).image
   np.testing.assert_allclose(ra, rb, rtol=1e-6, atol=1e-6)
+  # The model was trained with N4 conditioning: restoring without N4 is refused, not silently off.
+  with pytest.raises(UserInputError, match="trained with N4 conditioning"):
+    restore.restore_array(x, b, axis=0, n4="none")
   # A mismatched config is a clear error, not a crash.
   meta = json.loads((tmp_path / "export" / "config.json").read_text())
   meta["model"]["latent"] = 3
   (tmp_path / "export" / "config.json").write_text(json.dumps(meta))
-  code, _, err = _run(["restore", str(_write(tmp_path / "i.nii.gz", x[0])), str(tmp_path / "o.nii.gz"),
+  code, _, err = run_cli(["restore", str(write_nifti(tmp_path / "i.nii.gz", x[0])), str(tmp_path / "o.nii.gz"),
                        "--checkpoint", str(tmp_path / "export")], capsys)
   assert code == 2 and "do not match" in err
 
@@ -191,7 +177,7 @@ def test_lesion_contrast_measure():
 
 def test_evaluate_writes_the_comparison_table(tiny_dataset, tmp_path, capsys):
   data_dir, _ = tiny_dataset
-  code, stdout, _ = _run(["evaluate", str(tmp_path / "ev"), "--data-dir", str(data_dir), "--dataset",
+  code, stdout, _ = run_cli(["evaluate", str(tmp_path / "ev"), "--data-dir", str(data_dir), "--dataset",
                           "mri_pairs/tiny", "--slices", "2", "--steps", "2", "--faithfulness"], capsys)
   assert code == 0
   report = json.loads((tmp_path / "ev" / "results.json").read_text())
@@ -208,3 +194,17 @@ def test_evaluate_writes_the_comparison_table(tiny_dataset, tmp_path, capsys):
   f = report["faithfulness"]
   assert f["lesions"] > 0 and np.isfinite(f["seed_std_over_sigma"])
   assert (tmp_path / "ev" / "montage.png").stat().st_size > 0 and "| restorer K = 1 |" in stdout
+
+
+def test_shipped_model_restores_as_before_the_restructuring():
+  """The reference outputs were written by the shipped model before the restorer moved into
+  `models.restorer` (byte-identical on the machine that wrote them; the tolerance covers other
+  XLA builds)."""
+  from pathlib import Path
+
+  ref = np.load(Path(__file__).parent / "fixtures" / "shipped_restore_reference.npz")
+  r2 = restore.restore_array(ref["image2d"])
+  r3 = restore.restore_array(ref["volume"], axis=2)
+  np.testing.assert_allclose(r2.image, ref["restored2d"], rtol=1e-4, atol=1e-4 * float(ref["restored2d"].max()))
+  np.testing.assert_allclose(r3.image, ref["restored3d"], rtol=1e-4, atol=1e-4 * float(ref["restored3d"].max()))
+  np.testing.assert_allclose(r2.field, ref["field2d"], rtol=1e-4)

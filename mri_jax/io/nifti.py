@@ -107,6 +107,18 @@ def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike,
   return output
 
 
+def check_outputs(output_path, save_field, *inputs, overwrite: bool) -> tuple[Path, Path | None]:
+  """Validated OUTPUT and optional second output (e.g. --save-field) paths: never an input, never
+  the same file, parent folder present, not existing unless `overwrite`."""
+  out = check_output_path(output_path, *inputs, overwrite=overwrite)
+  field_out = None
+  if save_field is not None:
+    field_out = check_output_path(save_field, *inputs, overwrite=overwrite)
+    if field_out.resolve() == out.resolve():
+      raise UserInputError("--save-field must differ from OUTPUT")
+  return out, field_out
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
   """Writes bytes to `path` through a temporary file in the same directory and a rename."""
   path = Path(path)

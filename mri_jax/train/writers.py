@@ -1,4 +1,5 @@
-"""Metric writers: TensorBoard event files (tensorboardX, no TensorFlow) and the JSONL log.
+"""What a training run writes besides checkpoints: its workdir's config.json, the metric log
+(TensorBoard event files and metrics.jsonl) and the PNG grids of validation images.
 
 clu's `metric_writers` package imports TensorFlow on import, which this project never installs;
 `tensorboardX` writes the same event files. `MetricWriter` offers clu's writer interface
@@ -7,10 +8,65 @@ clu's `metric_writers` package imports TensorFlow on import, which this project 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+
+from mri_jax.errors import UserInputError
+from mri_jax.io.nifti import atomic_write_bytes
+
+STRUCTURAL = ("model", "schedule", "data")  # config groups a resumed run must share
+
+
+def check_workdir(config_json: dict, workdir: Path, *, write: bool) -> None:
+  """Writes `workdir/config.json` (when `write`: process 0), or refuses a workdir holding a run with
+  another model / schedule / data config."""
+  path = workdir / "config.json"
+  if path.exists():
+    theirs = json.loads(path.read_text())
+    diff = [k for k in STRUCTURAL if theirs.get(k) != config_json.get(k)]
+    if diff:
+      raise UserInputError(f"workdir '{workdir}' holds a run with a different {', '.join(diff)} config; "
+                           "use another --workdir (or delete it to start over)")
+  elif write:
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(config_json, indent=2).encode())
+
+
+def truncate_log(workdir: Path, step: int) -> None:
+  """Drops the lines of `metrics.jsonl` logged after `step` (a resumed run logs them again), and a
+  torn last line; so every step appears once."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    return
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if int(row.get("step", 0)) <= step:
+      kept.append(line)
+  atomic_write_bytes(path, "".join(k + "\n" for k in kept).encode())
+
+
+def image_grid(images: dict, rows: int = 4) -> np.ndarray:
+  """uint8 grid: one row per example, one column per entry of `images` (foreground mean 1 → 0.5)."""
+  cols = [np.asarray(v[:rows], np.float32) for v in images.values()]
+  grid = np.concatenate([np.concatenate(list(c), axis=0) for c in cols], axis=1)
+  return (np.clip(grid / 2.0, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def save_png(path: Path, grid: np.ndarray) -> None:
+  """Writes a uint8 grid as a grayscale PNG, atomically."""
+  import matplotlib.image
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  buf = io.BytesIO()
+  matplotlib.image.imsave(buf, grid, cmap="gray", vmin=0, vmax=255, format="png")
+  atomic_write_bytes(path, buf.getvalue())
 
 
 class MetricWriter:

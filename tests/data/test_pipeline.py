@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri_jax import workflows
+from mri_jax.data import build
 from mri_jax.errors import UserInputError
 from mri_jax.data import pairs, pipeline
 
@@ -90,7 +90,7 @@ def test_bad_batch_and_config_errors(built):
   with pytest.raises(ValueError, match="fewer than one global batch"):
     pipeline.make_loader("mri_pairs/tiny", "test", data_dir=data_dir, global_batch=64, seed=0)
   with pytest.raises(UserInputError, match="unknown config"):
-    workflows.build_data("nope", data_dir=data_dir)
+    build.build_data("nope", data_dir=data_dir)
 
 
 def test_nifti_source_keeps_every_scan_of_a_subject_in_one_split(tmp_path):

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri_jax import cli, n4, workflows
+from mri_jax import cli, file_jobs, n4
 from mri_jax.data import anatomy
 from mri_jax.n4 import bspline
 
@@ -25,8 +25,8 @@ def _anatomy():
 
 
 def _corrupt(clean, wm, seed, **kw):
-  cfg = workflows.corruption_settings(**{"coils": 8, "noise": 0.03, "bias": 0.3, **kw})
-  r = workflows.simulate_array(clean, seed=seed, settings=cfg, reference_mask=wm)
+  cfg = file_jobs.corruption_settings(**{"coils": 8, "noise": 0.03, "bias": 0.3, **kw})
+  r = file_jobs.simulate_array(clean, seed=seed, settings=cfg, reference_mask=wm)
   return np.asarray(r.image), np.log(np.asarray(r.bias))
 
 

@@ -1,42 +1,19 @@
-"""Training on the tiny config: loss decreases, 1 vs 8 devices agree, kill-and-resume is exact."""
+"""Training on the tiny config: loss decreases, 1 vs 8 devices agree, kill-and-resume is exact,
+checkpoints are keyed by name, and every packaged config builds its restorer."""
 
 import json
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the configs/ package
-
-from configs import tiny  # noqa: E402
-from mri_jax import cli, train  # noqa: E402
-from mri_jax.errors import UserInputError  # noqa: E402
-
-
-def _cfg(data_dir, **train_overrides):
-  c = tiny.get_config()
-  c.data.data_dir = str(data_dir)
-  c.train.ae_steps, c.train.diffusion_steps = 6, 6
-  c.train.log_every, c.train.checkpoint_every = 1, 4
-  c.train.eval_every = 0  # validation is exercised by `full_run` only
-  for k, v in train_overrides.items():
-    c.train[k] = v
-  return c
+from mri_jax import checkpoints, config, train
+from mri_jax.errors import UserInputError
+from tests.conftest import tiny_config as _cfg
 
 
 def _leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(state)]
-
-
-@pytest.fixture(scope="module")
-def full_run(tiny_dataset, tmp_path_factory):
-  data_dir, _ = tiny_dataset
-  workdir = tmp_path_factory.mktemp("run_full")
-  out = train.train(_cfg(data_dir, eval_every=6), workdir, log=lambda m: None)
-  out["workdir"] = workdir
-  return out
 
 
 def test_validation_scores_grid_and_tensorboard_events(full_run):
@@ -75,6 +52,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(full_run, tiny_datase
   workdir = tmp_path / "run"
   first = train.train(_cfg(data_dir), workdir, stop_after=8, log=lambda m: None)  # "killed" after 8
   assert first["history"][-1]["step"] == 8
+  with open(workdir / "metrics.jsonl", "a") as f:  # a real kill logs steps past the last checkpoint
+    f.write('{"step": 9, "stage": "diffusion", "loss": 1.0}\n{"step": 10, "sta')
   logs = []
   resumed = train.train(_cfg(data_dir), workdir, log=logs.append)
   assert logs[0] == "resumed from step 8"
@@ -93,7 +72,7 @@ def test_bfloat16_compute_trains_close_to_float32(full_run, tiny_dataset, tmp_pa
   np.testing.assert_allclose(got, ref, rtol=0.05)  # same data and keys; bf16 rounding only
   assert np.mean(got[4:6]) < np.mean(got[:2]) and np.mean(got[10:]) < np.mean(got[6:8])
   # master weights stay float32 (what checkpoints and exported weights hold)
-  assert {x.dtype for x in jax.tree.leaves(out["state"]["unet"])} == {np.dtype("float32")}
+  assert {x.dtype for x in jax.tree.leaves(out["state"].unet)} == {np.dtype("float32")}
   cfg = _cfg(data_dir, compute_dtype="float16")
   with pytest.raises(UserInputError, match="compute_dtype"):
     train.train(cfg, tmp_path / "f16", log=lambda m: None)
@@ -110,33 +89,6 @@ def test_one_device_and_eight_devices_give_the_same_losses(tiny_dataset, tmp_pat
   np.testing.assert_allclose([r["loss"] for r in runs[0]], [r["loss"] for r in runs[1]], rtol=2e-4)
 
 
-def test_ablation_table_from_run_folders(full_run, tmp_path, capsys):
-  import shutil
-
-  runs = tmp_path / "runs"
-  for name, edit in (("base", None), ("pixel", "pixel")):
-    shutil.copytree(full_run["workdir"], runs / name, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
-    if edit:
-      cfg = json.loads((runs / name / "config.json").read_text())
-      cfg["model"]["space"] = edit
-      (runs / name / "config.json").write_text(json.dumps(cfg))
-  with open(runs / "pixel" / "metrics.jsonl", "a") as f:
-    f.write('{"step": 13, "sta')  # a killed run's torn last line is ignored
-  out = tmp_path / "report"
-  assert cli.main(["ablations", str(runs), "--markdown", str(out / "t.md"), "--csv", str(out / "t.csv"),
-                   "--plot", str(out / "t.png")]) == 0
-  table = capsys.readouterr().out
-  last = [r for r in full_run["history"] if r["stage"] == "eval_diffusion"][-1]
-  lines = [l for l in table.splitlines() if l.startswith("| base") or l.startswith("| pixel")]
-  assert len(lines) == 2 and "| pixel | pixel |" in lines[1]
-  assert f"{last['restored_ssim']:.4f}" in lines[0] and f"{last['n4_psnr']:.2f}" in lines[0]
-  rows = (out / "t.csv").read_text().splitlines()
-  assert rows[0].startswith("run,space,n4_cond") and len(rows) == 3
-  assert (out / "t.png").read_bytes()[:4] == b"\x89PNG" and (out / "t.md").read_text() in table
-  assert cli.main(["ablations", str(tmp_path / "none")]) == 2
-  assert "does not exist" in capsys.readouterr().err
-
-
 def test_clear_errors(tiny_dataset, tmp_path):
   data_dir, _ = tiny_dataset
   cfg = _cfg(data_dir, ae_steps=2, diffusion_steps=0)
@@ -150,46 +102,74 @@ def test_clear_errors(tiny_dataset, tmp_path):
   bad = _cfg(data_dir, batch=6)
   with pytest.raises(UserInputError, match="not divisible by 8 devices"):
     train.train(bad, tmp_path / "b", log=lambda m: None)
+  with pytest.raises(UserInputError, match="train.batch must be a positive"):
+    train.train(_cfg(data_dir, batch=0), tmp_path / "zero", log=lambda m: None)
+  assert not (tmp_path / "zero").exists()  # nothing written for a refused start
   missing = _cfg(tmp_path / "nothing")
   with pytest.raises(UserInputError, match="build it with"):
     train.train(missing, tmp_path / "m", log=lambda m: None)
 
 
-def test_cli_config_overrides(tmp_path):
-  root = Path(__file__).resolve().parents[1]
-  cfg = cli.load_config(str(root / "configs/tiny.py"),
-                        ["--config.train.batch=16", "--config.optimizer.lr=0.01", "--config.model.condition_n4=false",
-                         "--config.model.unet_channels=8,16"])
-  assert cfg.train.batch == 16 and cfg.optimizer.lr == 0.01 and cfg.model.condition_n4 is False
-  assert tuple(cfg.model.unet_channels) == (8, 16)
-  for bad, message in (("--config.train.nope=1", "no field"), ("--config.train.batch=x", "cannot read"),
-                       ("--batch=3", "unrecognised")):
-    with pytest.raises(UserInputError, match=message):
-      cli.load_config(str(root / "configs/tiny.py"), [bad])
-  with pytest.raises(UserInputError, match="does not exist"):
-    cli.load_config(str(tmp_path / "none.py"), [])
+def test_checkpoints_are_keyed_by_names(full_run):
+  ckpt = checkpoints.Checkpointer(full_run["workdir"] / "checkpoints")
+  try:
+    saved = ckpt.restore_named(ckpt.latest_step())
+  finally:
+    ckpt.close()
+  assert set(saved) == {"step", "unet", "ema_unet", "opt_unet", "ae", "opt_ae"}
+  assert "kernel" in saved["unet"]["conv_in"] and "c1" in saved["ae"]["enc_blocks"]["0"]
+  np.testing.assert_array_equal(np.asarray(saved["ema_unet"]["conv_in"]["kernel"]["value"]),
+                                np.asarray(full_run["state"].ema_unet["conv_in"]["kernel"].value))
 
 
-@pytest.mark.parametrize("spec", ["configs/default.py", "configs/tiny.py", "configs/ablations/no_n4.py",
-                                  "configs/ablations/ddpm_from_noise.py", "configs/ablations/ddpm_from_noise.py:cosine",
-                                  "configs/ablations/rev_warmup.py", "configs/ablations/pixel_space.py",
-                                  "configs/ablations/steps_k.py:4"])
-def test_every_config_builds_its_models_and_one_step_runs(spec):
+@pytest.mark.parametrize("spec", ["default.py", "tiny.py", "ablations/no_n4.py", "ablations/ddpm_from_noise.py",
+                                  "ablations/ddpm_from_noise.py:cosine", "ablations/rev_warmup.py",
+                                  "ablations/pixel_space.py", "ablations/steps_k.py:4"])
+def test_every_config_builds_its_restorer_and_one_step_runs(spec):
   import jax.numpy as jnp
 
   from mri_jax import diffusion
-  from mri_jax.train import trainer
 
-  root = Path(__file__).resolve().parents[1]
-  cfg = cli.load_config(str(root / spec), [])
+  cfg = config.load(spec)
   # shrink the networks: this checks the wiring of each config, not its size
   cfg.model.ae_channels, cfg.model.unet_channels, cfg.model.emb = (4, 8), (8, 16), 16
   cfg.model.latent = 2
-  setup, state = trainer.init_state(cfg)
+  setup, state = train.make_setup(cfg)
   assert 1 <= cfg.schedule.sample_steps <= cfg.schedule.steps
   x = jnp.ones((2, 16, 16))
   batch = {"clean": x, "corrupted": x, "n4_corrected": x, "n4_log_field": 0 * x, "mask": x}
-  out = trainer.restore_batch(setup, state, batch, jax.random.key(0), k=cfg.schedule.sample_steps)
+  out = train.restore_batch(setup, state, batch, jax.random.key(0), k=cfg.schedule.sample_steps)
   assert out.shape == (2, 16, 16) and bool(jnp.all(jnp.isfinite(out)))
-  assert (setup.ae_def is None) == (cfg.model.space == "pixel")
-  assert setup.schedule.kind in diffusion.KINDS
+  assert (setup.restorer.ae_def is None) == (cfg.model.space == "pixel") == (state.ae is None)
+  assert setup.restorer.schedule.kind in diffusion.KINDS
+
+
+def test_fidelity_stage_trains_the_path_only_and_exports(tiny_dataset, tmp_path):
+  from mri_jax import restore
+
+  data_dir, _ = tiny_dataset
+  cfg = config.load("tiny.py:fidelity", [f"--config.data.data_dir={data_dir}", "--config.train.ae_steps=3",
+                                         "--config.train.diffusion_steps=3", "--config.train.fidelity_steps=4",
+                                         "--config.train.log_every=1", "--config.train.eval_every=0"])
+  out = train.train(cfg, tmp_path / "run", log=lambda m: None)
+  stages = [r["stage"] for r in out["history"]]
+  assert stages == ["ae"] * 3 + ["diffusion"] * 3 + ["fidelity"] * 4
+  state = out["state"]
+  fuse = [np.abs(np.asarray(x)).max() for x in jax.tree.leaves(state.fid["fuse"])]
+  assert max(fuse) > 0  # the zero-initialised fusion has learnt something
+  init = train.make_setup(cfg)[1]
+  ae_after = [np.asarray(x) for x in jax.tree.leaves(state.ae)]
+  run_ae = train.train(config.load("tiny.py:fidelity", [f"--config.data.data_dir={data_dir}",
+                                                        "--config.train.ae_steps=3", "--config.train.diffusion_steps=3",
+                                                        "--config.train.fidelity_steps=0", "--config.train.log_every=1",
+                                                        "--config.train.eval_every=0"]),
+                       tmp_path / "no_fid", log=lambda m: None)["state"]
+  for a, b in zip(ae_after, jax.tree.leaves(run_ae.ae)):  # the fidelity stage leaves the autoencoder alone
+    np.testing.assert_array_equal(a, np.asarray(b))
+  assert jax.tree.structure(init.fid) == jax.tree.structure(state.fid)
+  restore.export_weights(tmp_path / "run", tmp_path / "export")
+  a, b = restore.load_model(tmp_path / "run"), restore.load_model(tmp_path / "export")
+  assert b.params["fid"] is not None
+  x = np.random.default_rng(1).uniform(0.1, 1.0, (2, 48, 48)).astype(np.float32)
+  np.testing.assert_allclose(restore.restore_array(x, a, axis=0).image, restore.restore_array(x, b, axis=0).image,
+                             rtol=1e-6, atol=1e-6)

@@ -1,0 +1,27 @@
+"""The restorer on the mixed data: randomised anatomy and contrast (heads with skull and scalp,
+body-like scenes, tight crops, embedded odd-sized images) with wide corruption, and the fidelity
+path (the input's pixels fed into the decoder, past the latent).
+
+Sized for a 2-core CPU (about 1.5 h of training); the shipped weights come from:
+  mri-jax build-data --config mixed128 --data-dir data
+  mri-jax train --config configs/mixed.py --workdir runs/mixed --config.data.data_dir=data
+  mri-jax export-weights runs/mixed mri_jax/weights/default
+On a GPU, scale it up (a new workdir): --config.train.batch=64 --config.train.ae_steps=20000
+--config.train.diffusion_steps=40000 --config.train.fidelity_steps=20000.
+"""
+
+from configs import default
+
+
+def get_config(arg=None):
+  """`arg` = 'no_fidelity': the same run without the fidelity path (the ablation)."""
+  c = default.get_config()
+  c.data.name = "mri_pairs/mixed128"
+  c.model.fidelity = arg != "no_fidelity"
+  c.train.ae_steps = 2_000
+  c.train.diffusion_steps = 3_000
+  c.train.fidelity_steps = 1_500 if c.model.fidelity else 0
+  c.train.eval_every = 500
+  if arg not in (None, "", "no_fidelity"):
+    raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity)")
+  return c
