@@ -1,10 +1,15 @@
 """Restoration quality and speed: the restorer vs N4, N4 + NLM and the oracle, same run, same CPU.
 
-Run:  python benchmarks/restoration.py --data-dir DATA [--checkpoint DIR] [--slices 64] [--steps 4]
-      [--faithfulness] [--out bench_out]
+Run:  python benchmarks/restoration.py [--data-dir DATA] [--checkpoint DIR] [--slices 64] [--steps 4]
+      [--real-set full|dipy|none] [--real-slices 8] [--faithfulness] [--no-speed] [--out bench_out]
+      [--copy-montage benchmarks/real_scans.png]
 
-Quality: `mri-jax evaluate` (held-out synthetic subjects of mri_pairs/slices128 and dipy's real
-S0_10slices scan corrupted by the simulator; see `mri_jax.evaluate`).
+Quality: `mri-jax evaluate` (held-out synthetic subjects of mri_pairs/slices128 when --data-dir is
+given, and the real-scan validation set: seven groups of real scans shipped in dipy, nibabel and
+heudiconv wheels, each corrupted by the simulator and by an independent NumPy model; see
+`mri_jax.evaluate` and `mri_jax.realscans`). The real-scan table in RESULTS.md comes from
+  python benchmarks/restoration.py --real-set full --real-slices 8 --no-speed --out bench_real \
+      --copy-montage benchmarks/real_scans.png
 Speed (best of 3 after compilation, same process):
 - one 256² slice (the MNI152 1 mm axial mid-slice, corrupted): restorer (JAX N4 + K = 1) vs
   SimpleITK N4 (shrink 4) + dipy Rician NLM, and vs SimpleITK N4 alone;
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import time
 
 import numpy as np
@@ -58,10 +64,13 @@ def speed(model, log=print) -> dict:
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--data-dir", required=True)
+  ap.add_argument("--data-dir", help="TFDS data directory with mri_pairs (omit: real images only)")
   ap.add_argument("--checkpoint")
   ap.add_argument("--slices", type=int, default=64)
   ap.add_argument("--steps", type=int, default=4)
+  ap.add_argument("--real-set", choices=("full", "dipy", "none"), default="full")
+  ap.add_argument("--real-slices", type=int, default=8)
+  ap.add_argument("--copy-montage", metavar="PNG", help="also copy the real-scan montage here")
   ap.add_argument("--faithfulness", action="store_true")
   ap.add_argument("--no-speed", action="store_true")
   ap.add_argument("--out", default="bench_restoration")
@@ -72,9 +81,14 @@ def main():
   from mri_jax import evaluate, restore
 
   print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, JAX devices {jax.devices()}")
+  t = time.perf_counter()
   report = evaluate.evaluate(args.out, data_dir=args.data_dir, slices=args.slices, steps=args.steps,
-                             checkpoint=args.checkpoint, with_faithfulness=args.faithfulness)
+                             checkpoint=args.checkpoint, real_set=args.real_set, real_slices=args.real_slices,
+                             with_faithfulness=args.faithfulness)
   print(report["markdown"])
+  print(f"evaluate wall time: {time.perf_counter() - t:.0f} s")
+  if args.copy_montage and "real_scans" in report:
+    shutil.copyfile(os.path.join(args.out, "real_scans.png"), args.copy_montage)
   if not args.no_speed:
     s = speed(restore.load_model(args.checkpoint))
     print("| case | restorer | SimpleITK N4 (shrink 4) | + dipy NLM | speed-up |\n|---|---|---|---|---|")

@@ -1,0 +1,168 @@
+"""The real-scan validation set: loaders, the independent corruption model, and `evaluate` on it."""
+
+import ast
+import inspect
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage, special
+
+from mri_jax import evaluate, realscans
+from mri_jax.errors import UserInputError
+
+pytest.importorskip("dipy")
+pytest.importorskip("heudiconv")
+pytest.importorskip("pydicom")
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------
+def test_untile_mosaic_returns_the_tiles_in_row_major_order():
+  tiles = np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4)
+  mosaic = np.zeros((9, 12), np.float32)   # a 3 × 3 grid, the last 4 tiles empty
+  for i, t in enumerate(tiles):
+    mosaic[(i // 3) * 3:(i // 3 + 1) * 3, (i % 3) * 4:(i % 3 + 1) * 4] = t
+  np.testing.assert_array_equal(realscans.untile_mosaic(mosaic, 3, 4, 5), tiles)
+  with pytest.raises(ValueError):
+    realscans.untile_mosaic(mosaic, 3, 4, 10)
+
+
+@pytest.mark.parametrize("group", realscans.GROUPS)
+def test_each_group_loads_normalised_slices_with_a_sensible_foreground(group):
+  scan, = realscans.load((group,), slices=2)
+  assert scan.clean.shape == scan.mask.shape and len(scan.clean) == 2
+  assert np.isfinite(scan.clean).all()
+  # Scaled so the foreground's 99.5th percentile is 1.
+  assert np.percentile(scan.clean[scan.mask], 99.5) == pytest.approx(1.0, rel=1e-3)
+  # Head (or bottle) vs air: neither a speck nor the whole field of view, and brighter than the air.
+  frac = scan.mask.mean(axis=(1, 2))
+  assert ((frac > 0.1) & (frac < 0.7)).all(), frac
+  assert scan.clean[scan.mask].mean() > 5 * scan.clean[~scan.mask].mean()
+  assert 0.0 < scan.reference_noise < 0.1
+
+
+def test_mosaic_tiles_are_cut_at_the_slice_boundaries():
+  # Cut right, neighbouring slices of the 3 T mosaic are nearly the same image; cut half a tile
+  # off, they are not.
+  scan = realscans.mosaic(slices=None)
+  a, b = scan.clean[len(scan.clean) // 2], scan.clean[len(scan.clean) // 2 + 1]
+  assert scan.clean.shape[1:] == (150, 152)
+  assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.8
+  assert np.corrcoef(a.ravel(), np.roll(b, 75, axis=0).ravel())[0, 1] < 0.5
+
+
+def test_unknown_group_is_a_user_error():
+  with pytest.raises(UserInputError, match="known"):
+    realscans.load(("t1_coronal_slice",))
+
+
+# --------------------------------------------------------------------------------------------
+# Independent corruption model
+# --------------------------------------------------------------------------------------------
+def test_independent_model_does_not_use_the_simulator():
+  tree = ast.parse(inspect.getsource(realscans))
+  names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+  names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+  names += [f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+  assert not [m for m in names if "physics" in m or m.startswith(("jax", "mri_jax.data"))], names
+
+
+def test_polynomial_field_matches_its_closed_form_and_is_flat_beyond_the_clip_radius():
+  u, v = np.meshgrid(np.linspace(-2, 2, 41), np.linspace(-2, 2, 41), indexing="ij")
+  coef = np.zeros(9)
+  coef[0] = 0.3   # the first monomial is v
+  field = realscans.polynomial_log_field(u, v, coef)
+  inside = np.hypot(u, v) <= 1.25
+  np.testing.assert_allclose(field[inside], np.exp(0.3 * v[inside]), rtol=1e-12)
+  # Along a ray beyond radius 1.25 the field keeps its value at 1.25.
+  np.testing.assert_allclose(field[20, -1], np.exp(0.3 * 1.25), rtol=1e-12)
+
+
+def test_loop_field_on_its_axis_matches_the_closed_form():
+  # Circular loop, unit current, μ0/4π = 1: on the axis B = 2π a² / (a² + z²)^{3/2}, along the axis.
+  # A 48-gon's field differs from the circle's by O((π/48)²) ≈ 0.4 %.
+  a, z = 0.6, np.array([0.0, 0.3, 1.0, 2.0])
+  axis = np.array([1.0, 0.0, 0.0])
+  b = realscans.loop_field(z[:, None] * axis, np.zeros(3), axis, a)
+  np.testing.assert_allclose(np.abs(b[:, 0]), 2 * np.pi * a ** 2 / (a ** 2 + z ** 2) ** 1.5, rtol=0.01)
+  np.testing.assert_allclose(b[:, 1:], 0.0, atol=1e-9)
+
+
+def _disc_stack(n=2, size=128, radius=30):
+  yy, xx = np.mgrid[:size, :size]
+  mask = (xx - size / 2) ** 2 + (yy - size / 2) ** 2 <= radius ** 2
+  return np.repeat(mask[None].astype(np.float32), n, axis=0), np.repeat(mask[None], n, axis=0)
+
+
+@pytest.mark.parametrize("slice_index, coils", [(0, 1), (1, 8)])
+def test_independent_model_noise_and_field_match_the_closed_forms(slice_index, coils):
+  # Clean x = 1 on a disc, 0 outside. For N coils with complex noise σ per component and per coil,
+  # E[y²] = x² b² + 2Nσ² exactly (Rician: N = 1; RSS: b² = Σ|s_k|²), at any SNR.
+  clean, mask = _disc_stack()
+  images, fields, sigmas, kinds = realscans.corrupt_independent(clean, mask, seed=3)
+  assert kinds == ["poly_rician", "loop_coils"]
+  y, b, s, m = (images[slice_index].astype(np.float64), fields[slice_index].astype(np.float64),
+                float(sigmas[slice_index]), mask[slice_index])
+  assert b[m].mean() == pytest.approx(1.0, rel=1e-5)      # fields are scaled to mean 1 on the object
+  assert 0.01 <= s <= 0.08                                 # σ: fraction of the foreground mean (= 1)
+  # ≈ 2,800 disc pixels: the mean of (y² − 2Nσ²) / b² has a std ≈ 0.004; 0.02 is ~5 std.
+  assert np.mean((y[m] ** 2 - 2 * coils * s ** 2) / b[m] ** 2) == pytest.approx(1.0, abs=0.02)
+  # Air: y / σ is χ with 2N degrees of freedom, mean √2 Γ(N + ½) / Γ(N); ≈ 13,000 pixels, 3 % is
+  # ≥ 5 std of the sample mean.
+  air = ~ndimage.binary_dilation(m, iterations=3)
+  chi_mean = np.sqrt(2) * np.exp(special.gammaln(coils + 0.5) - special.gammaln(coils))
+  assert y[air].mean() / s == pytest.approx(chi_mean, rel=0.03)
+
+
+def test_independent_model_fields_are_realistic_and_the_oracle_removes_them():
+  scan, = realscans.load(("dipy_aniso",), slices=4)
+  images, fields, sigmas, _ = realscans.corrupt_independent(scan.clean, scan.mask, seed=0)
+  for img, f, m in zip(images, fields, scan.mask):
+    ratio = np.percentile(f[m], 98) / np.percentile(f[m], 2)
+    assert 1.05 < ratio < 6.0, ratio
+  ts = evaluate.TestSet("aniso", scan.clean, images, fields, scan.mask, sigmas)
+  corrupted, oracle = evaluate.score(images, ts), evaluate.score(images / fields, ts)
+  assert oracle["bias_residual"] < 0.5 * corrupted["bias_residual"]
+  assert oracle["psnr"] > corrupted["psnr"]
+
+
+def test_independent_model_is_deterministic_given_the_seed():
+  clean, mask = _disc_stack()
+  a = realscans.corrupt_independent(clean, mask, seed=5)
+  b = realscans.corrupt_independent(clean, mask, seed=5)
+  np.testing.assert_array_equal(a[0], b[0])
+  assert not np.array_equal(a[0], realscans.corrupt_independent(clean, mask, seed=6)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# `evaluate` on a small real-scan set
+# --------------------------------------------------------------------------------------------
+def test_evaluate_reports_every_method_on_the_real_scan_set(tmp_path):
+  out = tmp_path / "ev"
+  report = evaluate.evaluate(out, real_set="full", real_slices=2, real_groups=("epi",), log=lambda m: None)
+  real = report["real_scans"]
+  assert [(s["group"], s["corruption"]) for s in real["sets"]] == [("epi", "simulator"), ("epi", "independent")]
+  for s in real["sets"]:
+    rows = {r["method"]: r for r in s["rows"]}
+    expected = {"corrupted", "oracle: corrupted / true field", "N4 (SimpleITK, shrink 4)", "N4 + NLM (dipy, Rician)",
+                "restorer K = 1"}
+    assert expected <= set(rows)
+    if evaluate.optional("bm3d"):
+      assert "N4 + BM3D" in rows
+    # The oracle divides by the true field of either corruption model: less bias than the input.
+    assert rows["oracle: corrupted / true field"]["bias_residual"] < rows["corrupted"]["bias_residual"]
+    assert all(0 < r["ssim"] <= 1 and np.isfinite(r["psnr"]) for r in rows.values())
+  md = (out / "results.md").read_text()
+  assert "real-scan validation set, independent corruption" in md and "heudiconv axasc35" in md
+  assert json.loads((out / "results.json").read_text())["real_scans"]["groups"][0]["key"] == "epi"
+  assert (out / "real_scans.png").stat().st_size > 1000 and (out / "montage.png").is_file()
+
+
+@pytest.mark.parametrize("kwargs, match", [({"real_set": "mosaic"}, "real-set"), ({"real_slices": 1}, "real-slices"),
+                                           ({"real_groups": ("nope",)}, "known"),
+                                           ({"real": False}, "nothing to evaluate")])
+def test_evaluate_rejects_bad_real_set_options(tmp_path, kwargs, match):
+  with pytest.raises(UserInputError, match=match):
+    evaluate.evaluate(tmp_path / "ev", **kwargs)
