@@ -39,12 +39,12 @@ def best_of(fn, n=3):
 
 
 def speed(model, log=print) -> dict:
-  from mri_jax import evaluate, n4, restore, workflows
+  from mri_jax import evaluate, file_jobs, n4, restore
   from mri_jax.data import anatomy
 
   a = anatomy.load_mni152()
-  settings = workflows.corruption_settings(coils=8, noise=0.03)
-  vol = np.asarray(workflows.simulate_array(a.t1, seed=0, settings=settings, spacing=(1.0, 1.0, 1.0),
+  settings = file_jobs.corruption_settings(coils=8, noise=0.03)
+  vol = np.asarray(file_jobs.simulate_array(a.t1, seed=0, settings=settings, spacing=(1.0, 1.0, 1.0),
                                             reference_mask=a.mask).image)
   z = vol.shape[-1] // 2
   sl = np.zeros((256, 256), np.float32)

@@ -177,7 +177,8 @@ def _cmd_evaluate(args) -> int:
 
   report = evaluate.evaluate(args.outdir, data_dir=args.data_dir, dataset=args.dataset, split=args.split,
                              slices=args.slices, steps=args.steps, checkpoint=args.checkpoint,
-                             real=not args.no_real, with_faithfulness=args.faithfulness, seed=args.seed,
+                             real=not args.no_real, real_set=args.real_set, real_slices=args.real_slices,
+                             with_faithfulness=args.faithfulness, seed=args.seed,
                              log=lambda m: print(m, file=sys.stderr, flush=True))
   print(report["markdown"])
   print(f"wrote results.md, results.json and montage.png to {args.outdir}")
@@ -382,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "division by the true field, and the restorer with 1 and K steps. Metrics inside "
                   "the foreground after normalising by its mean: SSIM, PSNR, bias residual, time "
                   "per slice. Writes results.md, results.json and montage.png into OUTDIR. "
-                  "Needs the eval extra: pip install 'mri_jax[eval]' (dipy, scikit-image, PyWavelets).",
+                  "Needs the eval extra: pip install 'mri_jax[eval]' (dipy, scikit-image, PyWavelets, bm3d, heudiconv, pydicom).",
       epilog="examples:\n"
              "  mri-jax evaluate eval_out --data-dir data\n"
              "  mri-jax evaluate eval_out --data-dir data --faithfulness --steps 4 --checkpoint runs/default")
@@ -394,7 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=int, default=ed["steps"], metavar="K",
                  help="the multi-step setting compared with K = 1 (default %(default)s)")
   p.add_argument("--checkpoint", metavar="DIR", help="workdir or exported weights (default: shipped weights)")
-  p.add_argument("--no-real", action="store_true", help="skip the real-image test set")
+  p.add_argument("--no-real", action="store_true", help="skip the real-image test sets (same as --real-set none)")
+  p.add_argument("--real-set", choices=evaluate.REAL_SETS, default=ed["real_set"],
+                 help="real images: full = the real-scan validation set (7 groups of real scans shipped in the "
+                      "dipy, nibabel and heudiconv wheels, each corrupted by the simulator and by an independent "
+                      "model; also writes real_scans.png), dipy = dipy's S0_10slices only (simulator), none "
+                      "(default %(default)s)")
+  p.add_argument("--real-slices", type=int, default=ed["real_slices"], metavar="N",
+                 help="at most N slices per real-scan group, >= 2 (default %(default)s)")
   p.add_argument("--faithfulness", action="store_true",
                  help="also run the lesion, seed-variance, 1-vs-K and background tests")
   p.add_argument("--seed", type=int, default=ed["seed"], help="seed of corruption, lesions and sampling (default %(default)s)")

@@ -232,20 +232,19 @@ def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size
 
 
 def ae_ceiling(model, clean: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-  """The autoencoder's reconstruction of the clean slices (foreground mean 1): the restorer's
-  ceiling. None for a pixel-space model."""
-  from mri_jax.train import trainer
+  """The autoencoder's reconstruction of the clean slices, prepared exactly as the restorer's input
+  (`restorer.prepare_slices`: foreground mean 1, centred padding): the restorer's ceiling. None for
+  a pixel-space model."""
+  from mri_jax.models import restorer as R
 
   if model.params.get("ae") is None:
     return None
-  f = model.factor
-  n, nx, ny = clean.shape
-  px, py = -(-nx // f) * f, -(-ny // f) * f
-  means = np.array([c[m].mean() if m.any() else 1.0 for c, m in zip(clean, mask)], np.float32)
-  x = np.pad(clean / means[:, None, None], ((0, 0), (0, px - nx), (0, py - ny)))[..., None]
-  fn = jax.jit(lambda p, v: trainer.decode(model.setup, p, trainer.encode(model.setup, p, v)))
-  out = np.concatenate([np.asarray(fn(model.params["ae"], x[i:i + 16])) for i in range(0, n, 16)])
-  return out[:, :nx, :ny, 0] * means[:, None, None]
+  prep = R.prepare_slices(clean, mask, model.factor, n4_backend="none")
+  r = model.restorer
+  fn = jax.jit(lambda p, v: r.decode(p, r.encode(p, v)))
+  x = prep.corrupted[..., None]
+  out = np.concatenate([np.asarray(fn(model.params["ae"], x[i:i + 16])) for i in range(0, len(x), 16)])
+  return out[..., 0][prep.crop] * prep.scale[:, None, None]
 
 
 def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=print) -> tuple[list, dict]:
