@@ -155,12 +155,21 @@ def _cmd_restore(args) -> int:
 
   s = restore.restore_nifti(args.input, args.output, checkpoint=args.checkpoint, steps=args.steps,
                             seed=args.seed, n4=args.n4, batch_size=args.batch_size, axis=args.axis,
-                            fidelity=args.fidelity, save_field=args.save_field, overwrite=args.overwrite,
-                            progress=not args.quiet)
+                            fidelity=args.fidelity, save_field=args.save_field, save_residual=args.save_residual,
+                            save_uncertainty=args.save_uncertainty, uncertainty_seeds=args.uncertainty_seeds,
+                            overwrite=args.overwrite, progress=not args.quiet)
   where = f", slices along axis {s['axis']}" if s["axis"] is not None else ""
+  extra = [p for p in (args.save_field, args.save_residual, args.save_uncertainty) if p]
+  c = s["consistency"]
   print(f"wrote {args.output} (shape {s['shape']}{where}, K = {s['steps']}, N4 {s['n4']}, "
-        f"{s['seconds']['total']:.2f} s; model {s['model']})"
-        + (f" and {args.save_field}" if args.save_field else ""))
+        f"{s['seconds']['total']:.2f} s; model {s['model']})" + "".join(f" and {p}" for p in extra))
+  print(f"consistency: residual energy {c['energy']:.2f} × noise (median over slices), structure "
+        f"{c['structure']:.2f} (max {c['max_structure']:.2f}; noise-like ≈ 1)")
+  if c["flagged"]:
+    shown = ", ".join(map(str, c["flagged"][:12])) + (" …" if len(c["flagged"]) > 12 else "")
+    print(f"warning: on {len(c['flagged'])} slice(s) ({shown}) the output departs from the input beyond noise "
+          f"(structure > {c['warn_structure']:g}): anatomy may have been erased or invented there; compare "
+          "with the input or look at --save-residual", file=sys.stderr)
   return 0
 
 
@@ -357,7 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
                  help="weight in [0, 1] of the fidelity path (input pixels fed past the latent) for models "
                       "that have one: 0 = the plain decoder; default: the model's (1)")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative N4 field used")
-  p.add_argument("--overwrite", action="store_true", help="replace OUTPUT / --save-field if they exist")
+  p.add_argument("--save-residual", metavar="F",
+                 help="also write the consistency residual (input − field × restored) / σ̂: noise-like where "
+                      "the restorer only removed noise and bias")
+  p.add_argument("--save-uncertainty", metavar="F",
+                 help="also write the per-voxel std of the restored image over --uncertainty-seeds seeds")
+  p.add_argument("--uncertainty-seeds", type=int, default=rd["uncertainty_seeds"], metavar="N",
+                 help="sampling seeds for --save-uncertainty, >= 2 (default %(default)s)")
+  p.add_argument("--overwrite", action="store_true", help="replace OUTPUT and the --save-* files if they exist")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=_cmd_restore)
 

@@ -152,13 +152,16 @@ def export_weights(workdir, out_dir) -> dict:
 @dataclasses.dataclass
 class RestoreResult:
   """Restored image (input's shape and intensity scale); the N4 field used (None without N4);
-  the foreground mask; the slicing axis (None for 2-D); seconds per stage."""
+  the foreground mask; the slicing axis (None for 2-D); seconds per stage; the physics
+  consistency check (`mri_jax.consistency`: per-slice `energy` and `structure` in slicing order,
+  `flagged` slice indices, `residual` map r / σ̂ in the input's shape; None when not run)."""
 
   image: np.ndarray
   field: np.ndarray | None
   mask: np.ndarray
   axis: int | None
   seconds: dict
+  consistency: dict | None = None
 
 
 def auto_axis(shape, spacing=None, affine=None) -> int:
@@ -234,7 +237,8 @@ def check_image(data: np.ndarray, name: str = "input") -> None:
 
 def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | None = None, seed: int = 0,
                   n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, spacing=None,
-                  affine=None, fidelity: float | None = None, progress: bool = False) -> RestoreResult:
+                  affine=None, fidelity: float | None = None, check_consistency: bool = True,
+                  progress: bool = False) -> RestoreResult:
   """Restores a 2-D or 3-D magnitude image (see the module docstring for the steps).
 
   Args:
@@ -249,6 +253,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     spacing, affine: voxel size and affine, used only to choose the axis.
     fidelity: weight w ∈ [0, 1] of the fidelity path (default: the model's; no effect on models
       without one).
+    check_consistency: run the physics consistency check (`mri_jax.consistency`) on the slices
+      that were restored.
     progress: show a progress bar on stderr.
   """
   from tqdm.auto import tqdm
@@ -296,30 +302,44 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   times["network"] = time.perf_counter() - t1
   restored = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
   restored[~anatomy] = slices[~anatomy]
+  if not np.all(np.isfinite(restored)):  # never write a silently wrong image
+    raise RuntimeError("the restorer produced non-finite values; please report this input")
   field = None if n4 == "none" else np.exp(prep.log_field[prep.crop])
+  check = None
+  if check_consistency:
+    from mri_jax import consistency
+
+    check = consistency.consistency(np.where(anatomy[:, None, None], slices, 0.0), restored, mask & anatomy[:, None, None])
   if vol.ndim == 3:
     restored, mask_o = np.moveaxis(restored, 0, ax), np.moveaxis(mask, 0, ax)
     field = None if field is None else np.moveaxis(field, 0, ax)
+    if check is not None:
+      check["residual"] = np.moveaxis(check["residual"], 0, ax)
   else:
     restored, mask_o, field = restored[0], mask[0], None if field is None else field[0]
+    if check is not None:
+      check["residual"] = check["residual"][0]
   if squeeze:
     restored, mask_o = restored[..., None], mask_o[..., None]
     field = None if field is None else field[..., None]
-  if not np.all(np.isfinite(restored)):  # never write a silently wrong image
-    raise RuntimeError("the restorer produced non-finite values; please report this input")
+    if check is not None:
+      check["residual"] = check["residual"][..., None]
   times["total"] = time.perf_counter() - t0
   return RestoreResult(restored.astype(np.float32), None if field is None else field.astype(np.float32),
-                       mask_o, ax, times)
+                       mask_o, ax, times, check)
 
 
 def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed: int = 0, n4: str = "jax",
                   batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
-                  save_field=None, overwrite: bool = False, progress: bool = False) -> dict:
+                  save_field=None, save_residual=None, save_uncertainty=None, uncertainty_seeds: int = 4,
+                  overwrite: bool = False, progress: bool = False) -> dict:
   """Restores a 2-D/3-D NIfTI into `output_path` (header, affine and voxel size kept; atomic write).
 
   `save_field` receives the multiplicative N4 field the restorer was conditioned on (slice-wise,
-  as computed for the network), so input ≈ field × N4-corrected image. Options, paths and the
-  image are checked before the model is loaded.
+  as computed for the network), so input ≈ field × N4-corrected image; `save_residual` the
+  consistency check's residual map (input − field × restored) / σ̂; `save_uncertainty` the
+  per-voxel std of the restored image over `uncertainty_seeds` sampling seeds (seed, seed + 1, …).
+  Options, paths and the image are checked before the model is loaded.
 
   Raises:
     UserInputError: bad input, options or checkpoint; output path problems. Nothing is written then.
@@ -330,14 +350,40 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed:
   if save_field is not None and n4 == "none":
     raise UserInputError("--save-field needs an N4 field: use --n4 jax or --n4 sitk")
   out, field_out = nifti.check_outputs(output_path, save_field, input_path, overwrite=overwrite)
+  if save_uncertainty is not None and uncertainty_seeds < 2:
+    raise UserInputError(f"--uncertainty-seeds must be ≥ 2, got {uncertainty_seeds}")
+  extra = {}
+  for flag, path in (("--save-residual", save_residual), ("--save-uncertainty", save_uncertainty)):
+    if path is not None:
+      extra[flag] = nifti.check_output_path(path, input_path, overwrite=overwrite)
+  taken = [p.resolve() for p in (out, field_out, *extra.values()) if p is not None]
+  if len(set(taken)) < len(taken):
+    raise UserInputError("OUTPUT, --save-field, --save-residual and --save-uncertainty must be different files")
   img = nifti.load_nifti(input_path)
   check_image(img.data[..., 0] if img.data.ndim == 3 and img.data.shape[-1] == 1 else img.data)
   model = load_model(checkpoint)
   res = restore_array(img.data, model, steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis,
                       spacing=img.spacing, affine=img.image.affine, fidelity=fidelity, progress=progress)
+  uncertainty = None
+  if save_uncertainty is not None:
+    runs = [res.image] + [restore_array(img.data, model, steps=steps, seed=seed + i, n4=n4, batch_size=batch_size,
+                                        axis=axis, spacing=img.spacing, affine=img.image.affine, fidelity=fidelity,
+                                        check_consistency=False).image for i in range(1, uncertainty_seeds)]
+    uncertainty = np.std(np.stack(runs), axis=0).astype(np.float32)
   nifti.save_nifti_like(out, res.image, img, description="mri-jax restore")
   if field_out is not None:
     nifti.save_nifti_like(field_out, res.field, img, description="mri-jax restore n4 field")
+  if "--save-residual" in extra:
+    nifti.save_nifti_like(extra["--save-residual"], res.consistency["residual"], img,
+                          description="mri-jax restore residual / sigma")
+  if uncertainty is not None:
+    nifti.save_nifti_like(extra["--save-uncertainty"], uncertainty, img, description="mri-jax restore seed std")
   k = model.default_steps if steps is None else int(steps)
+  check = res.consistency
+  finite = lambda v: [x for x in v if np.isfinite(x)]  # noqa: E731
   return dict(shape=list(img.data.shape), axis=res.axis, steps=k, n4=n4, model=model.source,
-              seconds=res.seconds, foreground_voxels=int(res.mask.sum()))
+              seconds=res.seconds, foreground_voxels=int(res.mask.sum()),
+              consistency=dict(energy=float(np.median(finite(check["energy"]) or [np.nan])),
+                               structure=float(np.median(finite(check["structure"]) or [np.nan])),
+                               max_structure=float(np.max(finite(check["structure"]) or [np.nan])),
+                               flagged=list(check["flagged"]), warn_structure=check["warn_structure"]))

@@ -72,6 +72,25 @@ def test_restore_3d_anisotropic_auto_axis_save_field_and_determinism(subject, tm
   assert outs[0].read_bytes() == outs[1].read_bytes()
   f = np.asarray(nib.load(str(field)).dataobj)
   assert f.shape == vol.shape and f.min() > 0 and np.all(np.isfinite(f))
+  assert "consistency: residual energy" in stdout
+
+
+def test_restore_writes_residual_and_uncertainty_maps(subject, tmp_path, capsys):
+  _, _, noisy = subject
+  vol = noisy[:, :, 10:13]
+  inp = write_nifti(tmp_path / "vol.nii.gz", vol, np.diag([4.0, 4.0, 4.0, 1.0]))
+  out, resid, unc = (tmp_path / f"{n}.nii.gz" for n in ("out", "resid", "unc"))
+  code, stdout, err = run_cli(["restore", str(inp), str(out), "--quiet", "--axis", "2", "--save-residual", str(resid),
+                               "--save-uncertainty", str(unc), "--uncertainty-seeds", "3"], capsys)
+  assert code == 0, err
+  r = np.asarray(nib.load(str(resid)).dataobj)
+  u = np.asarray(nib.load(str(unc)).dataobj)
+  assert r.shape == u.shape == vol.shape and np.all(np.isfinite(r)) and u.min() >= 0.0
+  s = restore.restore_array(vol, axis=2).consistency
+  assert len(s["energy"]) == 3 and all(e > 0 for e in s["energy"])
+  code, _, err = run_cli(["restore", str(inp), str(tmp_path / "o2.nii.gz"), "--save-residual", str(resid),
+                          "--overwrite", "--save-uncertainty", str(resid)], capsys)
+  assert code == 2 and "must be different files" in err
   res = restore.restore_array(vol, steps=2, axis=0, batch_size=4)
   assert res.axis == 0 and res.image.shape == vol.shape and np.all(np.isfinite(res.image))
 
