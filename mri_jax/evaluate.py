@@ -220,14 +220,16 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
           "bias_residual": float(np.nanmean(bias_residual(x, ts.clean, ts.mask)))}
 
 
-def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False):
+def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
+                 fidelity: float | None = None):
   """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
   measured after a warm-up call (compilation) when `timed`."""
   from mri_jax import restore
 
+  kw = dict(steps=k, seed=seed, axis=0, batch_size=batch_size, fidelity=fidelity, check_consistency=False)
   if timed:
-    restore.restore_array(images[:batch_size], model, steps=k, seed=seed, axis=0, batch_size=batch_size)
-  res = restore.restore_array(images, model, steps=k, seed=seed, axis=0, batch_size=batch_size)
+    restore.restore_array(images[:batch_size], model, **kw)
+  res = restore.restore_array(images, model, **kw)
   return res.image, res.seconds["total"] / len(images)
 
 
@@ -245,6 +247,27 @@ def ae_ceiling(model, clean: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
   x = prep.corrupted[..., None]
   out = np.concatenate([np.asarray(fn(model.params["ae"], x[i:i + 16])) for i in range(0, len(x), 16)])
   return out[..., 0][prep.crop] * prep.scale[:, None, None]
+
+
+def fidelity_ceiling(model, ts: TestSet) -> np.ndarray:
+  """The decoder with the fidelity path, from the *clean* image's latent and the corrupted input's
+  pixels (prepared as the restorer prepares them, N4 included): what a perfect latent UNet would
+  give through this decoder."""
+  from mri_jax.models import restorer as R
+
+  clean = R.prepare_slices(ts.clean, ts.mask, model.factor, n4_backend="none")
+  noisy = R.prepare_slices(ts.corrupted, ts.mask, model.factor, n4_backend="jax",
+                           n4_settings=R.n4_settings(model.config))
+  r, p = model.restorer, model.params
+
+  @jax.jit
+  def fn(x, corrupted, n4, log_field):
+    pixels = jax.numpy.stack([corrupted, n4, log_field], axis=-1)
+    return r.decode(p["ae"], r.encode(p["ae"], x[..., None]), p["fid"], pixels)[..., 0]
+
+  out = np.concatenate([np.asarray(fn(clean.corrupted[i:i + 16], noisy.corrupted[i:i + 16], noisy.n4[i:i + 16],
+                                      noisy.log_field[i:i + 16])) for i in range(0, len(ts.clean), 16)])
+  return out[clean.crop] * clean.scale[:, None, None]
 
 
 def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=print) -> tuple[list, dict]:
@@ -270,6 +293,11 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
+  if model.params.get("fid") is not None:
+    log(f"[{ts.name}] restorer without its fidelity path (w = 0) and the fidelity ceiling...")
+    outputs["restorer K = 1, fidelity w = 0 (plain decoder)"] = run_restorer(model, ts.corrupted, 1, seed=seed,
+                                                                             fidelity=0.0)
+    outputs["decoder(clean latent) + fidelity path of the input: ceiling"] = (fidelity_ceiling(model, ts), 0.0)
   rows = []
   base = None
   for name, (img, t) in outputs.items():
