@@ -15,8 +15,10 @@ Used by the trainer (`mri_jax.train`) and by inference (`mri_jax.restore`); impo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -83,6 +85,19 @@ def abstract(tree):
 # --------------------------------------------------------------------------------------------
 # Training checkpoints
 # --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _orbax_quiet():
+  """Keeps orbax's warnings about a damaged step (logged through absl, several per read) off stderr
+  while checkpoints are read: a damaged one is reported as one line by the caller."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 class Checkpointer:
   """Orbax checkpoints of a named train state (+ the data iterator) in `directory`.
 
@@ -97,10 +112,12 @@ class Checkpointer:
 
     self.directory = Path(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every or 1)
-    self._mgr = ocp.CheckpointManager(self.directory, options=options)
+    with _orbax_quiet():  # it reads the steps already there
+      self._mgr = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
-    step = self._mgr.latest_step()
+    with _orbax_quiet():
+      step = self._mgr.latest_step()
     return None if step is None else int(step)
 
   def save(self, step: int, state, data_iterator=None) -> None:
@@ -125,7 +142,8 @@ class Checkpointer:
 
       items["data"] = grain.PyGrainCheckpointRestore(data_iterator)
     try:
-      restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
+      with _orbax_quiet():
+        restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
     except Exception as err:  # orbax raises many types for unreadable / mismatched checkpoints
       raise UserInputError(f"cannot read checkpoint step {step} in '{self.directory}' ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
@@ -136,7 +154,8 @@ class Checkpointer:
     import orbax.checkpoint as ocp
 
     try:
-      restored = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      with _orbax_quiet():
+        restored = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     except Exception as err:
       raise UserInputError(f"cannot read checkpoint step {step} in '{self.directory}' ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None

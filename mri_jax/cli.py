@@ -81,10 +81,7 @@ def _cmd_simulate(args) -> int:
 def _cmd_demo(args) -> int:
   from mri_jax import demo
 
-  if args.seed < 0:
-    raise UserInputError(f"--seed must be a non-negative integer, got {args.seed}")
   say = lambda m: print(m, file=sys.stderr, flush=True)
-  say("demo on the embedded default (first run compiles: about a minute on 2 CPU cores)")
   demo.demo(args.outdir, seed=args.seed, checkpoint=args.checkpoint, steps=args.steps, log=say,
             **_settings(args))
   print((Path(args.outdir) / "metrics.md").read_text())
@@ -111,7 +108,8 @@ def _cmd_n4(args) -> int:
                          save_field=args.save_field, overwrite=args.overwrite, settings=settings,
                          announce=lambda m: print(m, file=sys.stderr, flush=True))
   print(f"wrote {args.output} (shape {s['shape']}, shrink {s['shrink']}, field in mask "
-        f"{s['field_min']:.3f}–{s['field_max']:.3f}, {s['seconds']:.2f} s)"
+        f"{s['field_min']:.3f}–{s['field_max']:.3f}, {s['seconds']:.2f} s"
+        + (f"; {s['clipped_voxels']} negative voxel(s) written as 0" if s["clipped_voxels"] else "") + ")"
         + (f" and {args.save_field}" if args.save_field else ""))
   return 0
 
@@ -132,7 +130,7 @@ def _cmd_train(args) -> int:
 
   cfg = config.load(args.config, args.overrides)
   distributed.initialize(distributed=args.distributed, coordinator=args.coordinator,
-                         num_processes=args.num_processes, process_id=args.process_id)
+                         num_processes=args.num_processes, process_id=args.process_id, timeout=args.init_timeout)
   result = train.train(cfg, args.workdir, log=lambda m: print(m, flush=True))
   print(f"done: {args.workdir} (final {result['final']})")
   return 0
@@ -313,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
   g.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
   g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 … N-1")
+  g.add_argument("--init-timeout", type=float, metavar="S",
+                 help="seconds to wait for the coordinator, then one error line (default: 60 with "
+                      "--coordinator, JAX's 300 when detected)")
   p.set_defaults(func=_cmd_train)
 
   p = sub.add_parser(

@@ -15,7 +15,6 @@ import numpy as np
 from mri_jax import metrics as M
 from mri_jax import n4, restore
 from mri_jax.data import pairs, synth
-from mri_jax.errors import UserInputError
 from mri_jax.file_jobs import corruption_settings, simulate_array
 from mri_jax.io import nifti
 
@@ -76,12 +75,14 @@ def demo(outdir, *, seed: int = 0, checkpoint=None, steps: int | None = None, lo
   restorer (default: the shipped weights), and writes clean / corrupted / bias field / N4 /
   restored NIfTIs, a montage PNG with error maps and metrics (JSON and Markdown) into `outdir`.
   """
+  # ---- every check before any work, so a bad option gives one line and leaves no folder behind
   log = log or (lambda m: None)
-  outdir = Path(outdir)
-  if outdir.exists() and not outdir.is_dir():
-    raise UserInputError(f"'{outdir}' exists and is not a directory")
+  outdir = nifti.check_folder(outdir, "OUTDIR")
+  restore.check_options(steps=steps, seed=seed)
   cfg = corruption_settings(**settings)
   model = restore.load_model(checkpoint)
+  restore.check_model_options(model, steps=steps)
+  log("demo on the embedded default (first run compiles: about a minute on 2 CPU cores)")
   outdir.mkdir(parents=True, exist_ok=True)
   log("making a synthetic subject from the MNI152 maps...")
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), DEMO_SUBJECT_SPLIT), 0)

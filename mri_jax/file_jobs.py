@@ -76,14 +76,18 @@ def simulate_nifti(input_path, output_path, *, seed: int = 0, save_field=None, o
 
   Returns:
     A summary dict (shape, spacing, absolute σ, bias range).
+
+  Raises:
+    UserInputError: settings out of range, output-path problems, an unreadable input, or one
+      `restore` would refuse too (no positive voxel, constant, slices under 8×8: see
+      `nifti.check_content`). Nothing is written then.
   """
   if seed < 0:
     raise UserInputError(f"--seed must be a non-negative integer, got {seed}")
   cfg = corruption_settings(**settings)
   out, field_out = nifti.check_outputs(output_path, save_field, input_path, overwrite=overwrite)
   img = nifti.load_nifti(input_path)
-  if float(img.data.max()) <= 0.0:
-    raise UserInputError(f"'{input_path}' has no positive voxel; σ is relative to the image maximum")
+  nifti.check_content(img.data, f"'{input_path}'", "corrupt")
   result = simulate_array(img.data, seed=seed, settings=cfg, spacing=img.spacing)
   nifti.save_nifti_like(out, np.asarray(result.image), img, description="mri-jax simulate")
   if field_out is not None:
@@ -111,7 +115,9 @@ def n4_nifti(input_path, output_path, *, backend: str = "jax", mask_path=None, s
 
   The output keeps the input's header, affine and shape; files are written atomically and the
   input is never modified. `save_field` receives the multiplicative field exp(log field), so
-  input = output × field.
+  input = output × field, except where the input is negative: as `restore` does for magnitude
+  images, negative output voxels (interpolation ringing, never in the fit) are written as 0 and
+  counted in the summary's `clipped_voxels`.
 
   Raises:
     UserInputError: unreadable/invalid input or mask, a constant image, an image too small for N4,
@@ -152,7 +158,9 @@ def n4_nifti(input_path, output_path, *, backend: str = "jax", mask_path=None, s
   seconds = time.perf_counter() - t0
   if not np.all(np.isfinite(log_field)):  # never write a silently wrong image
     raise RuntimeError("N4 produced a non-finite field; please report this input")
-  nifti.save_nifti_like(out, np.asarray(result.corrected), img, description=f"mri-jax n4 ({backend})")
+  corrected = np.asarray(result.corrected)
+  clipped = int(np.count_nonzero(corrected < 0))
+  nifti.save_nifti_like(out, np.maximum(corrected, 0.0), img, description=f"mri-jax n4 ({backend})")
   field = np.exp(log_field)
   if field_out is not None:
     nifti.save_nifti_like(field_out, field, img, description=f"mri-jax n4 field ({backend})")
@@ -160,4 +168,4 @@ def n4_nifti(input_path, output_path, *, backend: str = "jax", mask_path=None, s
   return dict(shape=list(data.shape), backend=backend, shrink=list(p.shrink),
               control_points=list(p.control_points), iterations=np.asarray(result.iterations).tolist(),
               field_min=float(inside.min()), field_max=float(inside.max()),
-              mask_voxels=int(used.sum()), seconds=seconds)
+              mask_voxels=int(used.sum()), clipped_voxels=clipped, seconds=seconds)

@@ -48,6 +48,7 @@ import numpy as np
 
 from mri_jax import checkpoints
 from mri_jax.errors import UserInputError
+from mri_jax.io import nifti
 from mri_jax.models import restorer as R
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "default"
@@ -137,6 +138,7 @@ def export_weights(workdir, out_dir) -> dict:
   The result (config.json + model.npz, float32) is what `load_model(out_dir)` reads and what
   ships in `mri_jax/weights/default/`. Files are written atomically.
   """
+  nifti.check_folder(out_dir, "OUT_DIR")
   if (Path(workdir) / checkpoints.WEIGHTS_FILE).is_file() or checkpoints.latest_step(workdir) is None:
     raise UserInputError(f"'{workdir}' is not a training workdir with a checkpoint")
   model = load_model(workdir)
@@ -227,12 +229,7 @@ def check_image(data: np.ndarray, name: str = "input") -> None:
     raise UserInputError(f"{name} is empty (shape {data.shape})")
   if not np.all(np.isfinite(data)):
     raise UserInputError(f"{name} holds NaN or Inf values")
-  if float(data.max()) <= 0.0:
-    raise UserInputError(f"{name} has no positive voxel; the restorer takes magnitude images")
-  if float(data.max()) == float(data.min()):
-    raise UserInputError(f"{name} is constant ({float(data.max()):g}); there is nothing to restore")
-  if data.ndim == 2 and min(data.shape) < 8 or data.ndim == 3 and sorted(data.shape)[1] < 8:
-    raise UserInputError(f"{name} is too small to restore (shape {data.shape}; slices need ≥ 8×8 voxels)")
+  nifti.check_content(data, name, "restore")
 
 
 def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | None = None, seed: int = 0,
@@ -344,8 +341,6 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed:
   Raises:
     UserInputError: bad input, options or checkpoint; output path problems. Nothing is written then.
   """
-  from mri_jax.io import nifti
-
   check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity)
   if save_field is not None and n4 == "none":
     raise UserInputError("--save-field needs an N4 field: use --n4 jax or --n4 sitk")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mri_jax.errors import UserInputError
+from mri_jax.io import nifti
 
 
 def build_data(config: str, *, data_dir, manual_dir=None, n4_backend: str | None = None,
@@ -42,6 +43,7 @@ def build_data(config: str, *, data_dir, manual_dir=None, n4_backend: str | None
     if len(subjects) != 3 or min(subjects) < 1:
       raise UserInputError(f"--subjects needs three positive counts (train,validation,test), got {subjects}")
     changes["subjects"], suffix = tuple(subjects), suffix + ["subj" + "x".join(map(str, subjects))]
+  nifti.check_folder(data_dir, "--data-dir")
   cfg = base
   if changes:
     cfg = mri_pairs.MriPairsConfig(name="-".join([config] + suffix), description=base.description,

@@ -12,11 +12,14 @@ import gzip
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from mri_jax.errors import UserInputError
+
+if TYPE_CHECKING:  # nibabel is imported where a file is read: checkpoints and the GPU recipe run without it
+  import nibabel as nib
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -60,6 +63,8 @@ def load_nifti(path: str | os.PathLike, *, allow_2d: bool = True) -> NiftiImage:
   if path.is_dir():
     raise UserInputError(f"input '{path}' is a directory, not a NIfTI file")
   _check_suffix(path, "input")
+  import nibabel as nib
+
   try:
     img = nib.load(str(path))
   except Exception as err:  # nibabel raises many types for corrupt files
@@ -90,6 +95,28 @@ def load_nifti(path: str | os.PathLike, *, allow_2d: bool = True) -> NiftiImage:
   return NiftiImage(data=data, spacing=spacing, image=img, path=path)
 
 
+MIN_SLICE = 8  # voxels per in-plane axis: `simulate` and `restore` take slices of at least 8×8
+
+
+def check_content(data: np.ndarray, name: str, verb: str) -> None:
+  """Refuses an image that `simulate` / `restore` cannot `verb`: no positive voxel, constant, or
+  slices under MIN_SLICE × MIN_SLICE voxels (a 3-D volume needs two axes of ≥ MIN_SLICE; the third,
+  the slicing axis, may be thin).
+
+  Raises:
+    UserInputError: one of the above, naming `name` and the reason.
+  """
+  if float(data.max()) <= 0.0:
+    raise UserInputError(f"{name} has no positive voxel (a magnitude image is needed)")
+  if float(data.max()) == float(data.min()):
+    raise UserInputError(f"{name} is constant ({float(data.max()):g}); there is nothing to {verb} "
+                         "(a blank volume or a mask?)")
+  in_plane = min(data.shape) if data.ndim == 2 else sorted(data.shape)[1]
+  if in_plane < MIN_SLICE:
+    raise UserInputError(f"{name} is too small to {verb} (shape {data.shape}; slices need ≥ "
+                         f"{MIN_SLICE}×{MIN_SLICE} voxels)")
+
+
 def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike,
                       overwrite: bool = False) -> Path:
   """Validates an output path before any work is done (never an input, directory must exist)."""
@@ -105,6 +132,22 @@ def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike,
   if output.exists() and not overwrite:
     raise UserInputError(f"output '{output}' already exists; pass --overwrite to replace it")
   return output
+
+
+def check_folder(folder: str | os.PathLike, what: str) -> Path:
+  """Validates an output folder before any work is done: a folder, or a path that can become one
+  (its nearest existing ancestor is a folder). Creates nothing.
+
+  Raises:
+    UserInputError: `folder` or its nearest existing ancestor is a file.
+  """
+  folder = Path(folder)
+  if folder.exists() and not folder.is_dir():
+    raise UserInputError(f"{what} '{folder}' exists and is not a folder")
+  ancestor = next((p for p in folder.absolute().parents if p.exists()), None)
+  if ancestor is not None and not ancestor.is_dir():
+    raise UserInputError(f"{what} '{folder}' cannot be created: '{ancestor}' is a file")
+  return folder
 
 
 def check_outputs(output_path, save_field, *inputs, overwrite: bool) -> tuple[Path, Path | None]:

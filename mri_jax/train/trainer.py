@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mri_jax import checkpoints, diffusion, metrics
 from mri_jax.data import pipeline
 from mri_jax.errors import UserInputError
+from mri_jax.io import nifti
 from mri_jax.models.restorer import Restorer, downsampling, normalise_batch
 from mri_jax.train import writers
 from mri_jax.train.train_state import TrainState, fidelity_steps, init_state, optimisers
@@ -231,7 +232,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
     {"final": last logged metrics, "history": logged rows, "state": TrainState, "setup": Setup}.
   """
   # ---- checks that need no compilation: nothing is written before they pass
-  workdir = Path(workdir).resolve()
+  workdir = nifti.check_folder(Path(workdir).resolve(), "--workdir")
   lead = jax.process_index() == 0  # multi-host: process 0 writes logs, event files and PNGs
   if not lead:
     log = lambda message: None  # noqa: E731
