@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:  # imported in load_mni152: the data generators run without nibabel (GPU recipe)
+  import nibabel as nib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Anatomy:
 
 def load_mni152() -> Anatomy:
   """Loads the 1 mm MNI152 2009 T1 template, its GM/WM/CSF maps and brain mask (offline)."""
+  import nibabel as nib
+
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from nilearn import datasets
