@@ -60,7 +60,7 @@ DEFAULT_BATCH_SIZE = 16
 
 @dataclasses.dataclass
 class Model:
-  """A restorer ready to run: its config, networks (`Restorer`) and weights {"ae", "unet" (EMA)}."""
+  """A restorer ready to run: its config, networks (`Restorer`) and weights {"ae", "unet" (EMA), "fid"}."""
 
   config: ml_collections.ConfigDict
   restorer: R.Restorer
