@@ -1,17 +1,17 @@
 """Train the larger restorer (`configs/gpu.py`) on one GPU in about 8 minutes, export it, evaluate it.
 
 Needs only jax (with CUDA), flax, optax, orbax-checkpoint, chex, numpy and scipy, plus the files
-in `benchmarks/gpu_assets/` (≈ 6 MB, in git): `anatomy.npz` (the MNI152 CSF/GM/WM maps at 2 mm,
+in `benchmarks/gpu_assets/` (9 MiB, in git): `anatomy.npz` (the MNI152 CSF/GM/WM maps at 2 mm,
 which the head scenes are built on), `real_scans.npz` (the real-scan validation set of
 `mri-jax evaluate`, already corrupted), and `wheels/` with two pure-Python wheels that
 mri_jax imports and such a machine may lack (ml_collections, tqdm; put on `sys.path` only when
-missing). No dataset is built: every step draws a fresh batch on the device (mixed generator →
+missing). No dataset is built: every step trains on a fresh batch made on the device (mixed generator →
 simulator with the 'wide' ranges → field of view → JAX N4, one jitted function) and trains with
 the trainer's own jitted steps (`trainer.make_steps`).
 
 On the device machine (the repository root is the working directory; results come back from $OUT):
   python benchmarks/gpu_recipe.py --out $OUT
-CPU smoke run (≈ 1–2 min on 2 cores; 48² images, a few steps):
+CPU smoke run (48² images, 16 steps, 2 real-scan sets; 2.3 min on 2 busy cores, mostly compiling):
   python benchmarks/gpu_recipe.py --tiny --out /tmp/gpu_tiny
 FLOPs per step of the GPU config (lowering only, nothing compiled):
   python benchmarks/gpu_recipe.py --estimate
@@ -74,6 +74,9 @@ from mri_jax.data import labels, mixed, pairs  # noqa: E402
 from mri_jax.models import restorer as R  # noqa: E402
 from mri_jax.train import trainer  # noqa: E402
 
+# Packages a GPU machine without a registry lacks (STACK_NOTES); the recipe must not import them.
+BLOCKED = ("grain", "tensorflow_datasets", "array_record", "nibabel", "SimpleITK", "nilearn", "tensorboardX",
+           "matplotlib", "tensorflow")
 DATA_BRANCH, EVAL_BRANCH = 0x0DA7A, 0xE7A1  # key branches: training batches, held-out batches
 
 
@@ -359,6 +362,21 @@ def flops(fn, *args) -> float:
   return float(cost.get("flops", float("nan")))
 
 
+def check(cfg, slices) -> dict:
+  """Traces the on-device batch and the three training steps (shapes only, nothing compiled):
+  the wiring, checked in seconds (tests/test_gpu_recipe.py)."""
+  setup, state = trainer.make_setup(cfg)
+  batch_fn, n_combos = make_batch_fn(cfg, slices)
+  key = jax.random.key(0)
+  draw = jax.eval_shape(batch_fn, key)
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), draw)
+  steps = trainer.make_steps(setup)
+  losses = {s: sorted(jax.eval_shape(steps[s], state, batch, key)[1]) for s in ("ae", "diffusion", "fidelity")}
+  return {"carried_wheels": _ADDED_WHEELS, "coil_branches": n_combos,
+          "draw": {k: [list(v.shape), str(v.dtype)] for k, v in draw.items()}, "metrics": losses,
+          "modules": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}
+
+
 def estimate(cfg, slices, log) -> dict:
   """FLOPs per step of each stage and of the on-device batch, from abstract shapes."""
   setup, state = trainer.make_setup(cfg)
@@ -391,6 +409,7 @@ def main(argv=None) -> int:
   p.add_argument("--set", action="append", default=[], metavar="GROUP.FIELD=VALUE",
                  help="config override, e.g. --set train.compute_dtype='bfloat16' (Python literal)")
   p.add_argument("--estimate", action="store_true", help="print FLOPs per step of the config and exit")
+  p.add_argument("--check", action="store_true", help="trace the batch and the steps (no compile), print JSON, exit")
   p.add_argument("--make-assets", action="store_true", help="rebuild benchmarks/gpu_assets/*.npz and exit")
   a = p.parse_args(argv)
   if a.make_assets:
@@ -414,6 +433,9 @@ def main(argv=None) -> int:
   slices = template_slices(Path(a.anatomy), int(cfg.data.voxel_mm), int(cfg.data.canvas))
   if a.estimate:
     estimate(cfg, slices, log)
+    return 0
+  if a.check:
+    print(json.dumps(check(cfg, slices)))
     return 0
   out = Path(a.out)
   out.mkdir(parents=True, exist_ok=True)

@@ -4,28 +4,36 @@ scipy plus the carried files in `benchmarks/gpu_assets/` (see `benchmarks/gpu_re
   python benchmarks/gpu_recipe.py --out $OUT               (one GPU: about 8 minutes in all)
   python benchmarks/gpu_recipe.py --tiny --out /tmp/gpu_tiny   (CPU smoke run: `gpu.py:tiny`)
 
-There is no dataset: each step draws a fresh batch on the device (`data` group): clean images of
+There is no dataset: every step trains on a fresh batch made on the device (`data` group, drawn
+`batches_per_draw` at a time; no example is seen twice): clean images of
 the mixed generator (`mri_jax.data.mixed`, the settings of the `mixed128` build), the simulator
 with the 'wide' ranges (the coil count and coil model drawn per chunk of `coil_groups` examples,
 as the build draws them per subject), the field of view / zero background, then JAX N4 with the
-model's `n4_iterations` — all inside jit. Same network family as `configs/mixed.py`, twice as wide
-(AE 32-64-128, UNet 64-128-256, embedding 128: 4× the multiply-adds per image), batch 64 (8×).
+model's `n4_iterations` — all inside jit. Same network family as `configs/mixed.py`, wider (AE
+32-64-128 and UNet 48-96-192 against 16-32-64 and 32-64-128; embedding 128): 5.4 M parameters
+against 2.0 M, exported weights ≈ 21 MB (under the 30 MB shipping limit); batch 64 (8×).
 
-Size estimate (how the step counts were chosen; measured on the 2-core CPU, no GPU at hand):
-- FLOPs per training step (XLA's cost analysis of the lowered steps, `gpu_recipe.py --estimate`):
-  AE stage 0.70 TFLOP, diffusion 0.43, fidelity 0.55 at batch 64 / 128²; the on-device batch
-  (generator + 12 simulator branches + 200 N4 iterations) about 0.02 TFLOP.
-- The tiny variant below ran on 2 CPU cores at ≈ 20–40 GFLOP/s effective (`--tiny` reports it).
-  That rate says nothing about a GPU; on an H200 the same XLA convolutions run in TF32 with a
-  peak near 0.5 PFLOP/s dense, and small-channel convolutions at 128² typically reach 5–15% of
-  it: 25–75 TFLOP/s, i.e. 6–28 ms per AE step, 6–17 ms per diffusion step, plus the on-device
-  batch, which is latency-bound (≈ 200 sequential N4 iterations of small kernels: guessed
-  15–40 ms per batch, independent of the batch size up to a point).
-- At a pessimistic ≈ 55 ms per step all-in, the 3000 + 3000 + 1500 steps below train in ≈ 410 s;
-  compilation (generator, three steps, evaluation) ≈ 60–90 s; evaluation ≈ 60–90 s.
-  Because this is an estimate, the script measures the real step times after compiling and
-  rescales the step counts to its time budget (`--budget-s`, default 480 s for the whole run;
-  `--budget-s 0` trains exactly these counts). results.json records the counts it used.
+Size estimate (how the step counts were chosen; no GPU was at hand, so this is an estimate):
+- FLOPs per training step, XLA's cost analysis of the lowered steps at batch 64 / 128²
+  (`gpu_recipe.py --estimate`): AE stage 0.98 TFLOP, diffusion 0.57, fidelity 1.42. The
+  on-device draw (4 batches) reports 0.02 TFLOP, an undercount (loop bodies, e.g. N4's
+  iterations, are counted once) but small beside the steps either way.
+- Measured on the 2-core CPU at the tiny size below (0.7 / 1.2 / 1.3 GFLOP per step, with a
+  background training on the same cores): 57 / 53 / 84 ms per step, i.e. 12–23 GFLOP/s, and
+  71 ms per batch for the generator + simulator + N4. By FLOPs the run below (5,650 TFLOP)
+  would take ≈ 4 days on that CPU; the ratio says nothing about the GPU's own rate.
+- H200: dense TF32 peak ≈ 0.5 PFLOP/s; convolutions of 32–256 channels at 128²–32² typically
+  reach 5–15% of it, 25–75 TFLOP/s: 75–225 s of arithmetic for 2,500 + 2,500 + 1,250 steps.
+  The batch draw is latency-bound (≈ 200 sequential N4 iterations of small kernels; guessed
+  20–50 ms per draw of 4 batches): 30–80 s more. Compilation (the generator with its 12 simulator
+  branches, three steps; the tiny generator took 61 s to compile on the CPU) guessed 60–120 s;
+  evaluation ≤ 100 s (the script stops the real-scan part when the budget is spent).
+  Total ≈ 265–525 s, middle ≈ 395 s.
+Because the spread is wide, the script measures the real step times after compiling and, when
+the counts below would overrun its budget (`--budget-s`, default 480 s for the whole run) or use
+less than 2/3 of it, rescales all three stages by one factor and compiles the steps again
+(`--budget-s 0` trains exactly these counts, for runs that must repeat). results.json records
+the counts used.
 """
 
 from configs import mixed, tiny
@@ -46,7 +54,7 @@ def get_config(arg=None):
   c.data.batches_per_draw = 4   # batches one generator call makes (its cost is mostly N4 latency)
   c.model.ae_channels = (32, 64, 128)
   c.model.latent = 4
-  c.model.unet_channels = (64, 128, 256)
+  c.model.unet_channels = (48, 96, 192)
   c.model.emb = 128
   c.model.fidelity = True
   c.optimizer.lr = 1e-3
