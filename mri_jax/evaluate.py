@@ -241,7 +241,7 @@ def ae_ceiling(model, clean: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
 
   if model.params.get("ae") is None:
     return None
-  prep = R.prepare_slices(clean, mask, model.factor, n4_backend="none")
+  prep = R.prepare_slices(clean, mask, model.factor, n4_backend="none", scale=R.slice_scales(clean, mask))
   r = model.restorer
   fn = jax.jit(lambda p, v: r.decode(p, r.encode(p, v)))
   x = prep.corrupted[..., None]
@@ -255,7 +255,7 @@ def fidelity_ceiling(model, ts: TestSet) -> np.ndarray:
   give through this decoder."""
   from mri_jax.models import restorer as R
 
-  clean = R.prepare_slices(ts.clean, ts.mask, model.factor, n4_backend="none")
+  clean = R.prepare_slices(ts.clean, ts.mask, model.factor, n4_backend="none", scale=R.slice_scales(ts.clean, ts.mask))
   noisy = R.prepare_slices(ts.corrupted, ts.mask, model.factor, n4_backend="jax",
                            n4_settings=R.n4_settings(model.config))
   r, p = model.restorer, model.params

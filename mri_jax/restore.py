@@ -193,6 +193,19 @@ def _make_fn(model: Model, k: int, fidelity_weight: float | None = None):
   return run
 
 
+def _lowfreq_fix(restored: np.ndarray, n4_img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+  """Per slice: restored − G∗restored + G∗(N4 image scaled to the restored foreground mean), G a
+  Gaussian of σ pixels; clipped at 0."""
+  from scipy import ndimage
+
+  out = np.empty_like(restored)
+  for i, (x, y, m) in enumerate(zip(restored, n4_img, mask)):
+    if m.sum() >= MIN_FOREGROUND:
+      y = y * (x[m].mean() / max(float(y[m].mean()), 1e-12))
+    out[i] = x - ndimage.gaussian_filter(x, sigma) + ndimage.gaussian_filter(y, sigma)
+  return np.maximum(out, 0.0)
+
+
 def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE,
                   axis=None, fidelity=None) -> None:
   """Raises UserInputError for options out of range (those that need no model)."""
@@ -234,8 +247,8 @@ def check_image(data: np.ndarray, name: str = "input") -> None:
 
 def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | None = None, seed: int = 0,
                   n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, spacing=None,
-                  affine=None, fidelity: float | None = None, check_consistency: bool = True,
-                  progress: bool = False) -> RestoreResult:
+                  affine=None, fidelity: float | None = None, lowfreq: float | None = None,
+                  check_consistency: bool = True, progress: bool = False) -> RestoreResult:
   """Restores a 2-D or 3-D magnitude image (see the module docstring for the steps).
 
   Args:
@@ -250,6 +263,10 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     spacing, affine: voxel size and affine, used only to choose the axis.
     fidelity: weight w ∈ [0, 1] of the fidelity path (default: the model's; no effect on models
       without one).
+    lowfreq: σ in pixels of the low-frequency fix (None or 0: off): the output's content below
+      that scale is replaced by the N4-corrected input's (rescaled to the output's foreground mean),
+      so intensities and contrast follow the input and the network contributes the finer detail
+      (StableSR's wavelet/colour fix, with N4 removing the field). Needs N4.
     check_consistency: run the physics consistency check (`mri_jax.consistency`) on the slices
       that were restored.
     progress: show a progress bar on stderr.
@@ -298,6 +315,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     out[sel] = np.asarray(res)[:len(sel)]
   times["network"] = time.perf_counter() - t1
   restored = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
+  if lowfreq and n4 != "none":
+    restored = _lowfreq_fix(restored, prep.n4[prep.crop] * prep.scale[:, None, None], mask, float(lowfreq))
   restored[~anatomy] = slices[~anatomy]
   if not np.all(np.isfinite(restored)):  # never write a silently wrong image
     raise RuntimeError("the restorer produced non-finite values; please report this input")

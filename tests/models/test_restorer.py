@@ -18,7 +18,9 @@ def test_prepare_slices_pads_centred_and_crops_back():
   assert prep.corrupted.shape == (3, 48, 64)
   assert R.centred_pads((37, 50), 16) == ((5, 6), (7, 7))
   np.testing.assert_allclose(prep.corrupted[prep.crop] * prep.scale[:, None, None], slices, rtol=1e-6)
-  for x, m in zip(prep.corrupted[prep.crop], mask):  # the model's input scale: foreground mean 1
+  fg = R.scale_foreground(slices, mask)  # non-air: everything above a fraction of Otsu's threshold
+  assert fg.all()  # these slices hold no air
+  for x, m in zip(prep.corrupted[prep.crop], fg):  # the model's input scale: foreground mean 1
     assert abs(x[m].mean() - 1.0) < 1e-5
   np.testing.assert_array_equal(prep.n4, prep.corrupted)
   assert not prep.log_field.any()
