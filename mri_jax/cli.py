@@ -153,7 +153,8 @@ def _cmd_restore(args) -> int:
 
   s = restore.restore_nifti(args.input, args.output, checkpoint=args.checkpoint, steps=args.steps,
                             seed=args.seed, n4=args.n4, batch_size=args.batch_size, axis=args.axis,
-                            fidelity=args.fidelity, save_field=args.save_field, save_residual=args.save_residual,
+                            fidelity=args.fidelity, lowfreq=args.lowfreq, save_field=args.save_field,
+                            save_residual=args.save_residual,
                             save_uncertainty=args.save_uncertainty, uncertainty_seeds=args.uncertainty_seeds,
                             overwrite=args.overwrite, progress=not args.quiet)
   where = f", slices along axis {s['axis']}" if s["axis"] is not None else ""
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--fidelity", type=float, default=rd["fidelity"], metavar="W",
                  help="weight in [0, 1] of the fidelity path (input pixels fed past the latent) for models "
                       "that have one: 0 = the plain decoder; default: the model's (1)")
+  p.add_argument("--lowfreq", type=float, default=rd["lowfreq"], metavar="SIGMA",
+                 help="low-frequency fix: content coarser than SIGMA pixels comes from the N4-corrected input "
+                      "(intensities follow the input; the network adds the finer detail); default off")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative N4 field used")
   p.add_argument("--save-residual", metavar="F",
                  help="also write the consistency residual (input − field × restored) / σ̂: noise-like where "

@@ -207,8 +207,10 @@ def _lowfreq_fix(restored: np.ndarray, n4_img: np.ndarray, mask: np.ndarray, sig
 
 
 def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE,
-                  axis=None, fidelity=None) -> None:
+                  axis=None, fidelity=None, lowfreq=None) -> None:
   """Raises UserInputError for options out of range (those that need no model)."""
+  if lowfreq is not None and not 0.0 <= float(lowfreq) <= 64.0:
+    raise UserInputError(f"low-frequency fix σ (--lowfreq) must be in [0, 64] pixels, got {lowfreq}")
   if fidelity is not None and not 0.0 <= float(fidelity) <= 1.0:
     raise UserInputError(f"fidelity weight (--fidelity) must be in [0, 1], got {fidelity}")
   if steps is not None and int(steps) < 1:
@@ -275,7 +277,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
 
   from mri_jax.n4 import otsu_mask
 
-  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity)
+  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq)
   data = np.asarray(data, np.float32)
   squeeze = data.ndim == 3 and data.shape[-1] == 1
   vol = data[..., 0] if squeeze else data
@@ -347,7 +349,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
 
 def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed: int = 0, n4: str = "jax",
                   batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
-                  save_field=None, save_residual=None, save_uncertainty=None, uncertainty_seeds: int = 4,
+                  lowfreq: float | None = None, save_field=None, save_residual=None, save_uncertainty=None, uncertainty_seeds: int = 4,
                   overwrite: bool = False, progress: bool = False) -> dict:
   """Restores a 2-D/3-D NIfTI into `output_path` (header, affine and voxel size kept; atomic write).
 
@@ -360,7 +362,7 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed:
   Raises:
     UserInputError: bad input, options or checkpoint; output path problems. Nothing is written then.
   """
-  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity)
+  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq)
   if save_field is not None and n4 == "none":
     raise UserInputError("--save-field needs an N4 field: use --n4 jax or --n4 sitk")
   out, field_out = nifti.check_outputs(output_path, save_field, input_path, overwrite=overwrite)
@@ -377,12 +379,13 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed:
   check_image(img.data[..., 0] if img.data.ndim == 3 and img.data.shape[-1] == 1 else img.data)
   model = load_model(checkpoint)
   res = restore_array(img.data, model, steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis,
-                      spacing=img.spacing, affine=img.image.affine, fidelity=fidelity, progress=progress)
+                      spacing=img.spacing, affine=img.image.affine, fidelity=fidelity, lowfreq=lowfreq,
+                      progress=progress)
   uncertainty = None
   if save_uncertainty is not None:
     runs = [res.image] + [restore_array(img.data, model, steps=steps, seed=seed + i, n4=n4, batch_size=batch_size,
                                         axis=axis, spacing=img.spacing, affine=img.image.affine, fidelity=fidelity,
-                                        check_consistency=False).image for i in range(1, uncertainty_seeds)]
+                                        lowfreq=lowfreq, check_consistency=False).image for i in range(1, uncertainty_seeds)]
     uncertainty = np.std(np.stack(runs), axis=0).astype(np.float32)
   nifti.save_nifti_like(out, res.image, img, description="mri-jax restore")
   if field_out is not None:
