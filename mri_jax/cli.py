@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "that have one: 0 = the plain decoder; default: the model's (1)")
   p.add_argument("--lowfreq", type=float, default=rd["lowfreq"], metavar="SIGMA",
                  help="low-frequency fix: content coarser than SIGMA pixels comes from the N4-corrected input "
-                      "(intensities follow the input; the network adds the finer detail); default off")
+                      "(intensities follow the input; the network adds the finer detail); 0 = off; "
+                      "default %(default)s")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative N4 field used")
   p.add_argument("--save-residual", metavar="F",
                  help="also write the consistency residual (input − field × restored) / σ̂: noise-like where "

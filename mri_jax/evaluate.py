@@ -221,12 +221,14 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
 
 
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
-                 fidelity: float | None = None):
+                 fidelity: float | None = None, lowfreq: float | None = None):
   """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
   measured after a warm-up call (compilation) when `timed`."""
   from mri_jax import restore
 
   kw = dict(steps=k, seed=seed, axis=0, batch_size=batch_size, fidelity=fidelity, check_consistency=False)
+  if lowfreq is not None:
+    kw["lowfreq"] = lowfreq
   if timed:
     restore.restore_array(images[:batch_size], model, **kw)
   res = restore.restore_array(images, model, **kw)
@@ -293,10 +295,13 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
+  log(f"[{ts.name}] restorer without the low-frequency fix...")
+  outputs["restorer K = 1, no low-frequency fix (the network alone)"] = run_restorer(model, ts.corrupted, 1, seed=seed,
+                                                                                    lowfreq=0.0)
   if model.params.get("fid") is not None:
     log(f"[{ts.name}] restorer without its fidelity path (w = 0) and the fidelity ceiling...")
-    outputs["restorer K = 1, fidelity w = 0 (plain decoder)"] = run_restorer(model, ts.corrupted, 1, seed=seed,
-                                                                             fidelity=0.0)
+    outputs["restorer K = 1, fidelity w = 0 (plain decoder), no low-frequency fix"] = run_restorer(
+        model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0)
     outputs["decoder(clean latent) + fidelity path of the input: ceiling"] = (fidelity_ceiling(model, ts), 0.0)
   rows = []
   base = None

@@ -56,6 +56,10 @@ N4_CHOICES = R.N4_BACKENDS
 MIN_FOREGROUND = R.MIN_FOREGROUND
 PASS_THROUGH_FRACTION = 0.1  # slices with less foreground than this × the largest slice's are not restored
 DEFAULT_BATCH_SIZE = 16
+# The low-frequency fix's σ in pixels (`restore_array(lowfreq=...)`): on by default. Measured with
+# the shipped model: the demo volume SSIM 0.878 → 0.928 and PSNR 22.8 → 27.2 dB; real-scan slices
+# (4 groups × 4 slices, clean / simulator / independent inputs) 0.84 / 0.62 / 0.77 → 0.90 / 0.81 / 0.88.
+DEFAULT_LOWFREQ = 1.0
 
 
 @dataclasses.dataclass
@@ -249,7 +253,7 @@ def check_image(data: np.ndarray, name: str = "input") -> None:
 
 def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | None = None, seed: int = 0,
                   n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, spacing=None,
-                  affine=None, fidelity: float | None = None, lowfreq: float | None = None,
+                  affine=None, fidelity: float | None = None, lowfreq: float | None = DEFAULT_LOWFREQ,
                   check_consistency: bool = True, progress: bool = False) -> RestoreResult:
   """Restores a 2-D or 3-D magnitude image (see the module docstring for the steps).
 
@@ -265,8 +269,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     spacing, affine: voxel size and affine, used only to choose the axis.
     fidelity: weight w ∈ [0, 1] of the fidelity path (default: the model's; no effect on models
       without one).
-    lowfreq: σ in pixels of the low-frequency fix (None or 0: off): the output's content below
-      that scale is replaced by the N4-corrected input's (rescaled to the output's foreground mean),
+    lowfreq: σ in pixels of the low-frequency fix (default `DEFAULT_LOWFREQ`; None or 0: off): the
+      output's content coarser than that scale is replaced by the N4-corrected input's (rescaled to the output's foreground mean),
       so intensities and contrast follow the input and the network contributes the finer detail
       (StableSR's wavelet/colour fix, with N4 removing the field). Needs N4.
     check_consistency: run the physics consistency check (`mri_jax.consistency`) on the slices
@@ -349,7 +353,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
 
 def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed: int = 0, n4: str = "jax",
                   batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
-                  lowfreq: float | None = None, save_field=None, save_residual=None, save_uncertainty=None, uncertainty_seeds: int = 4,
+                  lowfreq: float | None = DEFAULT_LOWFREQ, save_field=None, save_residual=None, save_uncertainty=None, uncertainty_seeds: int = 4,
                   overwrite: bool = False, progress: bool = False) -> dict:
   """Restores a 2-D/3-D NIfTI into `output_path` (header, affine and voxel size kept; atomic write).
 
