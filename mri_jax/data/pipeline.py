@@ -31,10 +31,12 @@ def _absl_flags_parsed() -> None:
 
 
 def data_source(name: str, split: str, *, data_dir=None):
-  """The random-access source of a built dataset (e.g. 'mri_pairs/slices128')."""
+  """The random-access source of a built dataset (e.g. 'mri_pairs/slices128'). Never builds one:
+  a missing dataset is an error (TFDS would otherwise try to generate it, in its TensorFlow format,
+  into `data_dir`); build it with `mri-jax build-data`."""
   import tensorflow_datasets as tfds
 
-  return tfds.data_source(name, split=split, data_dir=data_dir)
+  return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
 
 PROCESS_SHARDINGS = ("records", "global")  # see make_loader
