@@ -221,12 +221,13 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
 
 
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
-                 fidelity: float | None = None, lowfreq: float | None = None):
+                 fidelity: float | None = None, lowfreq: float | None = None, independent: bool = False):
   """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
   measured after a warm-up call (compilation) when `timed`."""
   from mri_jax import restore
 
-  kw = dict(steps=k, seed=seed, axis=0, batch_size=batch_size, fidelity=fidelity, check_consistency=False)
+  kw = dict(steps=k, seed=seed, axis=0, batch_size=batch_size, fidelity=fidelity, check_consistency=False,
+            independent_slices=independent)
   if lowfreq is not None:
     kw["lowfreq"] = lowfreq
   if timed:
@@ -291,17 +292,17 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
     outputs["N4 + BM3D"] = (bm[0], n4_t + bm[1])
   for k in steps:
     log(f"[{ts.name}] restorer, K = {k}...")
-    outputs[f"restorer K = {k}"] = run_restorer(model, ts.corrupted, k, seed=seed, timed=True)
+    outputs[f"restorer K = {k}"] = run_restorer(model, ts.corrupted, k, seed=seed, timed=True, independent=not ts.group)
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
   log(f"[{ts.name}] restorer without the low-frequency fix...")
-  outputs["restorer K = 1, no low-frequency fix (the network alone)"] = run_restorer(model, ts.corrupted, 1, seed=seed,
-                                                                                    lowfreq=0.0)
+  outputs["restorer K = 1, no low-frequency fix (the network alone)"] = run_restorer(
+      model, ts.corrupted, 1, seed=seed, lowfreq=0.0, independent=not ts.group)
   if model.params.get("fid") is not None:
     log(f"[{ts.name}] restorer without its fidelity path (w = 0) and the fidelity ceiling...")
     outputs["restorer K = 1, fidelity w = 0 (plain decoder), no low-frequency fix"] = run_restorer(
-        model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0)
+        model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0, independent=not ts.group)
     outputs["decoder(clean latent) + fidelity path of the input: ceiling"] = (fidelity_ceiling(model, ts), 0.0)
   rows = []
   base = None
@@ -365,8 +366,8 @@ def faithfulness(ts: TestSet, model, k: int, *, seed: int = 0, seeds: int = 8, l
   log(f"[faithfulness] lesions in {len(ts.clean)} slices, corruption, restoration...")
   lesioned, lesions = insert_lesions(ts.clean, ts.mask, seed)
   images, fields, sigmas = corrupt_slices(lesioned, ts.mask, seed + 7)
-  r1, _ = run_restorer(model, images, 1, seed=seed)
-  rk, _ = run_restorer(model, images, k, seed=seed)
+  r1, _ = run_restorer(model, images, 1, seed=seed, independent=not ts.group)
+  rk, _ = run_restorer(model, images, k, seed=seed, independent=not ts.group)
   n4_img, _ = n4_sitk_slices(images)
   out = {"lesions": len(lesions),
          "lesion_contrast_kept_restorer_K1": lesion_contrast_kept(r1, lesioned, lesions),
@@ -378,7 +379,7 @@ def faithfulness(ts: TestSet, model, k: int, *, seed: int = 0, seeds: int = 8, l
     out["lesion_contrast_kept_n4_nlm_dipy"] = lesion_contrast_kept(nl, lesioned, lesions)
   fg_mean = np.array([c[m].mean() for c, m in zip(lesioned, ts.mask)])
   log(f"[faithfulness] {seeds} sampling seeds at K = {k}...")
-  runs = np.stack([run_restorer(model, images, k, seed=seed + s)[0] for s in range(seeds)])
+  runs = np.stack([run_restorer(model, images, k, seed=seed + s, independent=not ts.group)[0] for s in range(seeds)])
   sd = runs.std(axis=0)
   out["seed_std_over_sigma"] = float(np.mean([sd[i][ts.mask[i]].mean() / sigmas[i] for i in range(len(sd))]))
   out["seed_std_over_foreground_mean"] = float(np.mean([sd[i][ts.mask[i]].mean() / fg_mean[i] for i in range(len(sd))]))

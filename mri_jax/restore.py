@@ -254,7 +254,8 @@ def check_image(data: np.ndarray, name: str = "input") -> None:
 def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | None = None, seed: int = 0,
                   n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, spacing=None,
                   affine=None, fidelity: float | None = None, lowfreq: float | None = DEFAULT_LOWFREQ,
-                  check_consistency: bool = True, progress: bool = False) -> RestoreResult:
+                  check_consistency: bool = True, independent_slices: bool = False,
+                  progress: bool = False) -> RestoreResult:
   """Restores a 2-D or 3-D magnitude image (see the module docstring for the steps).
 
   Args:
@@ -275,6 +276,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
       (StableSR's wavelet/colour fix, with N4 removing the field). Needs N4.
     check_consistency: run the physics consistency check (`mri_jax.consistency`) on the slices
       that were restored.
+    independent_slices: the slices of a 3-D array are unrelated images (a stack of test slices),
+      so Otsu's threshold is computed per slice instead of once for the volume.
     progress: show a progress bar on stderr.
   """
   from tqdm.auto import tqdm
@@ -296,13 +299,17 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   else:
     ax, slices = None, vol[None]
   slices = np.maximum(slices, 0.0)  # magnitude images: negative values (rare, from resampling) → 0
-  mask = np.asarray(otsu_mask(slices if vol.ndim == 3 else slices[0])).reshape(slices.shape)
+  if independent_slices:
+    mask = np.stack([np.asarray(otsu_mask(x)) for x in slices])
+  else:
+    mask = np.asarray(otsu_mask(slices if vol.ndim == 3 else slices[0])).reshape(slices.shape)
   if not mask.any():
     raise UserInputError("no foreground found (Otsu's mask is empty)")
   counts = mask.reshape(len(slices), -1).sum(axis=1)
   # Slices with (almost) no anatomy — the caps of a volume — were never in training: pass them through.
   anatomy = counts >= max(MIN_FOREGROUND, PASS_THROUGH_FRACTION * counts.max())
   prep = R.prepare_slices(slices, mask, model.factor, n4_backend=n4, n4_settings=R.n4_settings(model.config),
+                          per_slice=independent_slices,
                           batch_size=batch_size)
   times["n4"] = time.perf_counter() - t0
   t1 = time.perf_counter()

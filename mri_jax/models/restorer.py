@@ -264,16 +264,17 @@ class Prepared(NamedTuple):
 FOREGROUND_FRACTION = 0.2
 
 
-def scale_foreground(slices: np.ndarray, otsu: np.ndarray) -> np.ndarray:
+def scale_foreground(slices: np.ndarray, otsu: np.ndarray, *, per_slice: bool = False) -> np.ndarray:
   """(N, X, Y) non-air foreground for the input scale: 1-px-smoothed slices above
-  FOREGROUND_FRACTION × the Otsu threshold (the lowest value inside `otsu`, Otsu's mask of them)."""
+  FOREGROUND_FRACTION × Otsu's threshold — the lowest value inside `otsu` (Otsu's mask of the
+  stack), or of each slice's own mask when `per_slice` (unrelated slices)."""
   from scipy import ndimage
 
-  if not otsu.any():
-    return otsu
-  level = FOREGROUND_FRACTION * float(slices[otsu].min())
   smooth = np.stack([ndimage.gaussian_filter(x, 1.0) for x in slices])
-  return smooth > level
+  if per_slice:
+    levels = [FOREGROUND_FRACTION * float(x[m].min()) if m.any() else np.inf for x, m in zip(slices, otsu)]
+    return smooth > np.asarray(levels, np.float32)[:, None, None]
+  return smooth > (FOREGROUND_FRACTION * float(slices[otsu].min()) if otsu.any() else np.inf)
 
 
 def slice_scales(slices: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -287,7 +288,8 @@ def slice_scales(slices: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def prepare_slices(slices: np.ndarray, mask: np.ndarray, factor: int, *, n4_backend: str = "jax",
-                   n4_settings=None, batch_size: int = 16, scale: np.ndarray | None = None) -> Prepared:
+                   n4_settings=None, batch_size: int = 16, scale: np.ndarray | None = None,
+                   per_slice: bool = False) -> Prepared:
   """Normalise + pad + N4 conditioning of (N, X, Y) magnitude slices with their foreground masks.
 
   Args:
@@ -297,9 +299,12 @@ def prepare_slices(slices: np.ndarray, mask: np.ndarray, factor: int, *, n4_back
     n4_backend: 'jax', 'sitk' or 'none' (no N4: the conditioning repeats the slice, zero field).
     n4_settings: `N4Settings` (default: `n4_settings(cfg)` of the model — pass it).
     batch_size: slices per N4 call.
-    scale: (N,) divisors (default `slice_scales` over `scale_foreground(slices, mask)`).
+    scale: (N,) divisors (default `slice_scales` over `scale_foreground(slices, mask, per_slice=...)`).
+    per_slice: the slices are unrelated images whose `mask` holds one Otsu threshold each.
   """
-  scale = slice_scales(slices, scale_foreground(slices, mask)) if scale is None else np.asarray(scale, np.float32)
+  if scale is None:
+    scale = slice_scales(slices, scale_foreground(slices, mask, per_slice=per_slice))
+  scale = np.asarray(scale, np.float32)
   norm = slices / scale[:, None, None]
   (bx, ax), (by, ay) = centred_pads(norm.shape[1:], factor)
   pads = ((0, 0), (bx, ax), (by, ay))
