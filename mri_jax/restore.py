@@ -8,17 +8,20 @@ How an image goes through (the same preparation the training slices had):
 1. 3-D volumes are cut into 2-D slices along one axis (`axis`; default: the thickest voxels, or
    for isotropic voxels the axis closest to the head's superior–inferior direction, i.e. axial
    slices as in training); 2-D images are one slice.
-2. Foreground = Otsu's mask of the whole image (as N4's default). Each slice is divided by its mean
-   inside that mask (slices with < 64 foreground voxels use the image's foreground mean) — the
-   model sees foreground mean 1, as in training — and zero-padded to a multiple of the model's
-   downsampling.
+2. Otsu's mask of the whole image (N4's mask; one threshold per slice with
+   `independent_slices`). Each slice is divided by its mean over the non-air foreground (above
+   0.2 × Otsu's threshold, as the training records' masks; slices with < 64 foreground voxels use
+   the image's foreground mean) — the model sees foreground mean 1, as in training — and
+   zero-padded to a multiple of the model's downsampling.
 3. N4 per slice (JAX or SimpleITK backend, the dataset builder's settings) gives the conditioning
    (the N4-corrected slice and its log field); `n4='none'` conditions on the corrupted slice twice
    and a zero field (only sensible for models trained that way, e.g. the no_n4 ablation).
 4. The restoration sampler runs K steps (default: the model's configured single pass), slices in
    batches of `batch_size`, one compiled program per (batch, padded shape).
 5. The output is cropped, multiplied back by each slice's scale (so it is on the input's intensity
-   scale, with the bias removed) and clipped at 0 (magnitude images).
+   scale, with the bias removed) and clipped at 0 (magnitude images); the low-frequency fix
+   (`lowfreq`, default 1 px) takes its content coarser than that scale from the N4-corrected input.
+   The physics consistency check (`mri_jax.consistency`) then scores each restored slice.
 6. Slices of a volume whose foreground is under 64 voxels or under 10% of the largest slice's
    (the caps above and below the anatomy, which the model never saw in training) are passed
    through unchanged.
