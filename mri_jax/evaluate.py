@@ -256,6 +256,7 @@ def fidelity_ceiling(model, ts: TestSet) -> np.ndarray:
   """The decoder with the fidelity path, from the *clean* image's latent and the corrupted input's
   pixels (prepared as the restorer prepares them, N4 included): what a perfect latent UNet would
   give through this decoder."""
+  from mri_jax.models import fidelity
   from mri_jax.models import restorer as R
 
   clean = R.prepare_slices(ts.clean, ts.mask, model.factor, n4_backend="none", scale=R.slice_scales(ts.clean, ts.mask))
@@ -265,7 +266,7 @@ def fidelity_ceiling(model, ts: TestSet) -> np.ndarray:
 
   @jax.jit
   def fn(x, corrupted, n4, log_field):
-    pixels = jax.numpy.stack([corrupted, n4, log_field], axis=-1)
+    pixels = fidelity.pixels(corrupted[..., None], n4[..., None], log_field[..., None])
     return r.decode(p["ae"], r.encode(p["ae"], x[..., None]), p["fid"], pixels)[..., 0]
 
   out = np.concatenate([np.asarray(fn(clean.corrupted[i:i + 16], noisy.corrupted[i:i + 16], noisy.n4[i:i + 16],

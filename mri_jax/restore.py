@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mri_jax import checkpoints
+from mri_jax import checkpoints, consistency
 from mri_jax.errors import UserInputError
 from mri_jax.io import nifti
 from mri_jax.models import restorer as R
@@ -146,10 +146,10 @@ def export_weights(workdir, out_dir) -> dict:
   ships in `mri_jax/weights/default/`. Files are written atomically.
   """
   nifti.check_folder(out_dir, "OUT_DIR")
-  if (Path(workdir) / checkpoints.WEIGHTS_FILE).is_file() or checkpoints.latest_step(workdir) is None:
+  step = None if (Path(workdir) / checkpoints.WEIGHTS_FILE).is_file() else checkpoints.latest_step(workdir)
+  if step is None:
     raise UserInputError(f"'{workdir}' is not a training workdir with a checkpoint")
   model = load_model(workdir)
-  step = checkpoints.latest_step(workdir)
   meta = json.loads(model.config.to_json_best_effort())
   meta["exported_from_step"] = step
   return {"step": step, **checkpoints.save_weights(out_dir, meta, model.params)}
@@ -339,23 +339,18 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   field = None if n4 == "none" else np.exp(prep.log_field[prep.crop])
   check = None
   if check_consistency:
-    from mri_jax import consistency
-
     check = consistency.consistency(np.where(anatomy[:, None, None], slices, 0.0), restored, mask & anatomy[:, None, None])
-  if vol.ndim == 3:
-    restored, mask_o = np.moveaxis(restored, 0, ax), np.moveaxis(mask, 0, ax)
-    field = None if field is None else np.moveaxis(field, 0, ax)
-    if check is not None:
-      check["residual"] = np.moveaxis(check["residual"], 0, ax)
-  else:
-    restored, mask_o, field = restored[0], mask[0], None if field is None else field[0]
-    if check is not None:
-      check["residual"] = check["residual"][0]
-  if squeeze:
-    restored, mask_o = restored[..., None], mask_o[..., None]
-    field = None if field is None else field[..., None]
-    if check is not None:
-      check["residual"] = check["residual"][..., None]
+
+  def to_input_layout(a):
+    """(N, X, Y) slices back to the input's layout (slicing axis, 2-D, X×Y×1); None stays None."""
+    if a is None:
+      return None
+    a = np.moveaxis(a, 0, ax) if vol.ndim == 3 else a[0]
+    return a[..., None] if squeeze else a
+
+  restored, mask_o, field = to_input_layout(restored), to_input_layout(mask), to_input_layout(field)
+  if check is not None:
+    check["residual"] = to_input_layout(check["residual"])
   times["total"] = time.perf_counter() - t0
   return RestoreResult(restored.astype(np.float32), None if field is None else field.astype(np.float32),
                        mask_o, ax, times, check)
@@ -363,8 +358,9 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
 
 def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed: int = 0, n4: str = "jax",
                   batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
-                  lowfreq: float | None = DEFAULT_LOWFREQ, save_field=None, save_residual=None, save_uncertainty=None, uncertainty_seeds: int = 4,
-                  overwrite: bool = False, progress: bool = False) -> dict:
+                  lowfreq: float | None = DEFAULT_LOWFREQ, save_field=None, save_residual=None,
+                  save_uncertainty=None, uncertainty_seeds: int = 4, overwrite: bool = False,
+                  progress: bool = False) -> dict:
   """Restores a 2-D/3-D NIfTI into `output_path` (header, affine and voxel size kept; atomic write).
 
   `save_field` receives the multiplicative N4 field the restorer was conditioned on (slice-wise,
@@ -411,10 +407,10 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed:
     nifti.save_nifti_like(extra["--save-uncertainty"], uncertainty, img, description="mri-jax restore seed std")
   k = model.default_steps if steps is None else int(steps)
   check = res.consistency
-  finite = lambda v: [x for x in v if np.isfinite(x)]  # noqa: E731
+  energy = [e for e in check["energy"] if np.isfinite(e)] or [np.nan]  # NaN: slice not scored
+  structure = [e for e in check["structure"] if np.isfinite(e)] or [np.nan]
   return dict(shape=list(img.data.shape), axis=res.axis, steps=k, n4=n4, model=model.source,
               seconds=res.seconds, foreground_voxels=int(res.mask.sum()),
-              consistency=dict(energy=float(np.median(finite(check["energy"]) or [np.nan])),
-                               structure=float(np.median(finite(check["structure"]) or [np.nan])),
-                               max_structure=float(np.max(finite(check["structure"]) or [np.nan])),
-                               flagged=list(check["flagged"]), warn_structure=check["warn_structure"]))
+              consistency=dict(energy=float(np.median(energy)), structure=float(np.median(structure)),
+                               max_structure=float(np.max(structure)), flagged=list(check["flagged"]),
+                               warn_structure=check["warn_structure"]))

@@ -56,7 +56,7 @@ def test_mosaic_tiles_are_cut_at_the_slice_boundaries():
 
 def test_unknown_group_is_a_user_error():
   with pytest.raises(UserInputError, match="known"):
-    realscans.load(("t1_coronal_slice",))
+    realscans.load(("no_such_group",))
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ from mri_jax.models.nets import Autoencoder, ResBlock, _up
 PIXEL_INPUTS = 3  # corrupted, N4-corrected, N4 log field
 
 
+def pixels(corrupted: jax.Array, n4: jax.Array, log_field: jax.Array) -> jax.Array:
+  """The path's (B, X, Y, 3) input from the restorer's three (B, X, Y, 1) inputs."""
+  return jnp.concatenate([corrupted, n4, log_field], axis=-1)
+
+
 class FidelityNet(nnx.Module):
   """Pixel encoder and per-scale fusion convolutions for an autoencoder with `channels`."""
 

@@ -202,8 +202,8 @@ class Restorer:
     """
     z = self.restored_latent(params, corrupted, n4, log_field, key, k=k, stochastic_eta=stochastic_eta)
     w = default_fidelity_weight(self.cfg) if fidelity_weight is None else fidelity_weight
-    pixels = jnp.concatenate([corrupted, n4, log_field], axis=-1) if params.get("fid") is not None else None
-    return self.decode(params.get("ae"), z, params.get("fid"), pixels, w)[..., 0]
+    pix = fidelity.pixels(corrupted, n4, log_field) if params.get("fid") is not None else None
+    return self.decode(params.get("ae"), z, params.get("fid"), pix, w)[..., 0]
 
 
 def _pool(x, f):

@@ -1,14 +1,16 @@
 """Training of the restorer: autoencoder stage, latent-diffusion stage, then (with
-`model.fidelity`) the fidelity-path stage; data parallel with `jax.jit` over a mesh. This file holds the losses, the jitted train and validation steps and the
-loop; the networks come from `mri_jax.models.restorer`, the state from `train_state`, checkpoints
-from `mri_jax.checkpoints`, logs and PNGs from `writers`.
+`model.fidelity`) the fidelity-path stage; data parallel with `jax.jit` over a mesh. This file
+holds the losses, the jitted train and validation steps and the loop; the networks come from
+`mri_jax.models.restorer`, the state from `train_state`, checkpoints from `mri_jax.checkpoints`,
+logs and PNGs from `writers`.
 
 `train(config, workdir)` runs the stages for `train.ae_steps` + `train.diffusion_steps` (+
-`train.fidelity_steps`) global steps (a step counter shared by the stages), resuming from the latest checkpoint in
-`workdir`. The batch is a globally sharded `jax.Array` on the mesh's 'data' axis and parameters
-are replicated, so one jitted step computes the global-batch loss and XLA inserts the gradient
-all-reduce (what `pmap` + `pmean` did). The per-step RNG is `fold_in(key(seed), step)`: never per
-device, so 1 device and 8 devices see the same randomness for the same global batch.
+`train.fidelity_steps`) global steps (a step counter shared by the stages), resuming from the
+latest checkpoint in `workdir`. The batch is a globally sharded `jax.Array` on the mesh's 'data'
+axis and parameters are replicated, so one jitted step computes the global-batch loss and XLA
+inserts the gradient all-reduce (what `pmap` + `pmean` did). The per-step RNG is
+`fold_in(key(seed), step)`: never per device, so 1 device and 8 devices see the same randomness
+for the same global batch.
 
 Checkpoints (orbax): the whole `TrainState` (both networks, optimiser states, EMA weights, step),
 stored by name, plus the grain iterator state, every `checkpoint_every` steps and at the end,
@@ -35,6 +37,7 @@ from mri_jax import checkpoints, diffusion, metrics
 from mri_jax.data import pipeline
 from mri_jax.errors import UserInputError
 from mri_jax.io import nifti
+from mri_jax.models import fidelity
 from mri_jax.models.restorer import Restorer, downsampling, normalise_batch
 from mri_jax.train import writers
 from mri_jax.train.train_state import TrainState, fidelity_steps, init_state, optimisers
@@ -115,7 +118,7 @@ def fidelity_loss(setup, params, state: TrainState, batch, key):
   z = jax.lax.stop_gradient(r.restored_latent(frozen, corrupted, n4, log_field, key,
                                               k=int(cfg.schedule.sample_steps)))
   dt = compute_dtype(cfg)
-  pixels = jnp.concatenate([corrupted, n4, log_field], axis=-1)
+  pixels = fidelity.pixels(corrupted, n4, log_field)
   out = r.decode(_cast(state.ae, dt), z.astype(dt), _cast(params, dt), pixels.astype(dt), 1.0).astype(jnp.float32)
   l1 = jnp.mean(jnp.abs(out - clean))
   ssim = jnp.mean(jax.vmap(metrics.ssim)(out[..., 0], clean[..., 0], jnp.ones_like(mask)))
