@@ -200,22 +200,60 @@ def _make_fn(model: Model, k: int, fidelity_weight: float | None = None):
   return run
 
 
-def _lowfreq_fix(restored: np.ndarray, n4_img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+def _lowfreq_fix(restored: np.ndarray, n4_img: np.ndarray, mask: np.ndarray, sigma: float, *,
+                 one_scale: bool = False) -> np.ndarray:
   """Per slice: restored − G∗restored + G∗(N4 image scaled to the restored foreground mean), G a
-  Gaussian of σ pixels; clipped at 0."""
+  Gaussian of σ pixels; clipped at 0. `one_scale`: one factor for the whole stack (a volume's 3-D
+  N4 image), so each slice's mean follows the N4 image rather than the network."""
   from scipy import ndimage
 
+  if one_scale:
+    total = float(n4_img[mask].sum())
+    n4_img = n4_img * (float(restored[mask].sum()) / total if total > 0 else 1.0)
   out = np.empty_like(restored)
   for i, (x, y, m) in enumerate(zip(restored, n4_img, mask)):
-    if m.sum() >= MIN_FOREGROUND:
+    if not one_scale and m.sum() >= MIN_FOREGROUND:
       y = y * (x[m].mean() / max(float(y[m].mean()), 1e-12))
     out[i] = x - ndimage.gaussian_filter(x, sigma) + ndimage.gaussian_filter(y, sigma)
   return np.maximum(out, 0.0)
 
 
+# N4 of a volume (`restore_array(n4_mode=...)`): "auto" runs one 3-D N4 on volumes with at least
+# VOLUME_N4_MIN_SLICES restored slices (as SimpleITK users do), per-slice N4 otherwise.
+N4_MODES = ("auto", "volume", "slices")
+VOLUME_N4_MIN_SLICES = 8
+
+
+def _use_volume_n4(mode: str, independent_slices: bool, n_slices: int) -> bool:
+  if mode == "slices" or independent_slices:
+    return False
+  return mode == "volume" or n_slices >= VOLUME_N4_MIN_SLICES
+
+
+def _slice_spacing(spacing, axis: int) -> tuple[float, ...]:
+  """Voxel size in slicing order (the slicing axis first)."""
+  sp = [float(x) for x in spacing]
+  return (sp[axis], *[x for i, x in enumerate(sp) if i != axis])
+
+
+def _volume_n4(slices: np.ndarray, mask: np.ndarray, backend: str, settings, spacing) -> np.ndarray:
+  """The (N, X, Y) log field of one 3-D N4 of the stack (N4 shrinks the volume before fitting)."""
+  from mri_jax import n4 as n4lib
+
+  vol = np.asarray(slices, np.float32)
+  scale = float(vol[mask].mean())  # N4 is scale-free; unit foreground mean keeps the numbers tame
+  if backend == "sitk":
+    res = n4lib.n4_sitk(vol / scale, mask, spacing=spacing, settings=settings)
+  else:
+    res = n4lib.n4(vol / scale, mask, spacing=spacing, settings=settings)
+  return np.asarray(res.log_field, np.float32)
+
+
 def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE,
-                  axis=None, fidelity=None, lowfreq=None) -> None:
+                  axis=None, fidelity=None, lowfreq=None, n4_mode: str = "auto") -> None:
   """Raises UserInputError for options out of range (those that need no model)."""
+  if n4_mode not in N4_MODES:
+    raise UserInputError(f"N4 mode (--n4-mode) must be one of {N4_MODES}, got {n4_mode!r}")
   if lowfreq is not None and not 0.0 <= float(lowfreq) <= 64.0:
     raise UserInputError(f"low-frequency fix σ (--lowfreq) must be in [0, 64] pixels, got {lowfreq}")
   if fidelity is not None and not 0.0 <= float(fidelity) <= 1.0:
@@ -258,7 +296,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
                   n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, spacing=None,
                   affine=None, fidelity: float | None = None, lowfreq: float | None = DEFAULT_LOWFREQ,
                   check_consistency: bool = True, independent_slices: bool = False,
-                  progress: bool = False) -> RestoreResult:
+                  n4_mode: str = "auto", progress: bool = False) -> RestoreResult:
   """Restores a 2-D or 3-D magnitude image (see the module docstring for the steps).
 
   Args:
@@ -280,14 +318,18 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     check_consistency: run the physics consistency check (`mri_jax.consistency`) on the slices
       that were restored.
     independent_slices: the slices of a 3-D array are unrelated images (a stack of test slices),
-      so Otsu's threshold is computed per slice instead of once for the volume.
+      so Otsu's threshold is computed per slice instead of once for the volume (and N4 runs per slice).
+    n4_mode: N4 of a 3-D volume: 'volume' (one 3-D N4 of the whole volume, SimpleITK's usual
+      way: faster, and the field is continuous across slices), 'slices' (per-slice 2-D N4, as the
+      training records were made), or 'auto' (volume for ≥ VOLUME_N4_MIN_SLICES restored slices).
     progress: show a progress bar on stderr.
   """
   from tqdm.auto import tqdm
 
   from mri_jax.n4 import otsu_mask
 
-  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq)
+  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq,
+                n4_mode=n4_mode)
   data = np.asarray(data, np.float32)
   squeeze = data.ndim == 3 and data.shape[-1] == 1
   vol = data[..., 0] if squeeze else data
@@ -309,34 +351,54 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   if not mask.any():
     raise UserInputError("no foreground found (Otsu's mask is empty)")
   counts = mask.reshape(len(slices), -1).sum(axis=1)
-  # Slices with (almost) no anatomy — the caps of a volume — were never in training: pass them through.
+  # Slices with (almost) no anatomy — the caps of a volume — were never in training: pass them
+  # through, and never send them through N4 or the network.
   anatomy = counts >= max(MIN_FOREGROUND, PASS_THROUGH_FRACTION * counts.max())
-  prep = R.prepare_slices(slices, mask, model.factor, n4_backend=n4, n4_settings=R.n4_settings(model.config),
-                          per_slice=independent_slices,
-                          batch_size=batch_size)
+  idx = np.flatnonzero(anatomy)
+  volume_n4 = n4 != "none" and vol.ndim == 3 and _use_volume_n4(n4_mode, independent_slices, len(idx))
+  settings = R.n4_settings(model.config)
+  log_field = None
+  if volume_n4:
+    log_field = _volume_n4(slices, mask, n4, settings,
+                           None if spacing is None or ax is None else _slice_spacing(spacing, ax))
+  shape = R.bucket_shape(slices.shape[1:], model.factor)
+  prep = R.prepare_slices(slices[idx], mask[idx], model.factor, n4_backend=n4, n4_settings=settings,
+                          per_slice=independent_slices, batch_size=batch_size, shape=shape,
+                          log_field=None if log_field is None else log_field[idx])
   times["n4"] = time.perf_counter() - t0
   t1 = time.perf_counter()
   run = _make_fn(model, k, None if fidelity is None else float(fidelity))
   out = np.zeros_like(prep.corrupted)
   n = len(out)
-  bs = min(batch_size, n)
+  bs = R.padded_batch(n, batch_size)
   key = jax.random.key(seed)
   batches = range(0, n, bs)
   for i, start in enumerate(tqdm(batches, desc="restoring", unit="batch", disable=not progress or len(batches) < 2,
-                                 file=sys.stderr)):
+                                 file=sys.stderr, leave=False)):
     sel = np.arange(start, min(start + bs, n))
     pad_sel = np.concatenate([sel, np.repeat(sel[-1:], bs - len(sel))])  # one shape → one compile
     res = run(model.params, jnp.asarray(prep.corrupted[pad_sel]), jnp.asarray(prep.n4[pad_sel]),
               jnp.asarray(prep.log_field[pad_sel]), jax.random.fold_in(key, i))
     out[sel] = np.asarray(res)[:len(sel)]
   times["network"] = time.perf_counter() - t1
-  restored = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
-  if lowfreq and n4 != "none":
-    restored = _lowfreq_fix(restored, prep.n4[prep.crop] * prep.scale[:, None, None], mask, float(lowfreq))
-  restored[~anatomy] = slices[~anatomy]
+  restored = slices.copy()
+  if n:
+    part = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
+    if lowfreq and n4 != "none":
+      if log_field is None:  # each slice's own N4 image, scaled to the restored slice's mean
+        part = _lowfreq_fix(part, prep.n4[prep.crop] * prep.scale[:, None, None], mask[idx], float(lowfreq))
+      else:  # the volume's N4 image, one scale for the volume: slice means follow the 3-D correction
+        part = _lowfreq_fix(part, slices[idx] * np.exp(-log_field[idx]), mask[idx], float(lowfreq),
+                            one_scale=True)
+    restored[idx] = part
   if not np.all(np.isfinite(restored)):  # never write a silently wrong image
     raise RuntimeError("the restorer produced non-finite values; please report this input")
-  field = None if n4 == "none" else np.exp(prep.log_field[prep.crop])
+  field = None
+  if log_field is not None:  # the volume's 3-D N4 field
+    field = np.exp(log_field)
+  elif n4 != "none":  # each restored slice's N4 field (1 on pass-through slices)
+    field = np.ones_like(slices)
+    field[idx] = np.exp(prep.log_field[prep.crop])
   check = None
   if check_consistency:
     check = consistency.consistency(np.where(anatomy[:, None, None], slices, 0.0), restored, mask & anatomy[:, None, None])

@@ -227,14 +227,35 @@ def normalise_batch(batch: dict):
   return clean[..., None], corrupted[..., None], n4[..., None], batch["n4_log_field"][..., None], mask
 
 
-def centred_pads(shape: tuple[int, int], factor: int) -> tuple[tuple[int, int], tuple[int, int]]:
-  """Zero-padding (before, after) per axis that brings a 2-D shape to a multiple of `factor`,
-  split evenly (the extra voxel after)."""
+def centred_pads(shape: tuple[int, int], factor: int, target: tuple[int, int] | None = None
+                 ) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Zero-padding (before, after) per axis that brings a 2-D shape to `target` (default: the next
+  multiple of `factor`), split evenly (the extra voxel after)."""
+  target = tuple(-(-n // factor) * factor for n in shape) if target is None else tuple(target)
   pads = []
-  for n in shape:
-    p = -(-n // factor) * factor - n
-    pads.append((p // 2, p - p // 2))
+  for n, t in zip(shape, target):
+    if t < n or t % factor:
+      raise ValueError(f"cannot pad {tuple(shape)} to {target} (a multiple of {factor} at least as large)")
+    pads.append(((t - n) // 2, t - n - (t - n) // 2))
   return tuple(pads)
+
+
+# Padded sizes of `bucket_shape`: multiples of BUCKET_STEP up to BUCKET_LIMIT, then of twice that.
+# A new image size then rarely means a new compiled program (and the persistent compilation cache
+# keeps each one), for at most ~6 % more pixels at 256.
+BUCKET_STEP = 16
+BUCKET_LIMIT = 256
+
+
+def bucket_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
+  """The padded slice shape the restorer runs at: each axis rounded up to a multiple of
+  BUCKET_STEP (2 × BUCKET_STEP above BUCKET_LIMIT) and of the model's downsampling `factor`."""
+  out = []
+  for n in shape:
+    step = BUCKET_STEP if n <= BUCKET_LIMIT else 2 * BUCKET_STEP
+    step = step * factor // np.gcd(step, factor)  # a multiple of both
+    out.append(int(-(-n // step) * step))
+  return tuple(out)
 
 
 class Prepared(NamedTuple):
@@ -289,7 +310,8 @@ def slice_scales(slices: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def prepare_slices(slices: np.ndarray, mask: np.ndarray, factor: int, *, n4_backend: str = "jax",
                    n4_settings=None, batch_size: int = 16, scale: np.ndarray | None = None,
-                   per_slice: bool = False) -> Prepared:
+                   per_slice: bool = False, log_field: np.ndarray | None = None,
+                   shape: tuple[int, int] | None = None) -> Prepared:
   """Normalise + pad + N4 conditioning of (N, X, Y) magnitude slices with their foreground masks.
 
   Args:
@@ -301,17 +323,37 @@ def prepare_slices(slices: np.ndarray, mask: np.ndarray, factor: int, *, n4_back
     batch_size: slices per N4 call.
     scale: (N,) divisors (default `slice_scales` over `scale_foreground(slices, mask, per_slice=...)`).
     per_slice: the slices are unrelated images whose `mask` holds one Otsu threshold each.
+    log_field: (N, X, Y) an N4 log field of `slices` computed elsewhere (a volume's 3-D N4): no N4
+      is run; each slice's N4 image (slice ÷ field) is scaled to foreground mean 1, as the
+      training records' were, and its log field shifted to match (slice = N4 image × field).
+    shape: the padded (PX, PY) (default: the next multiple of `factor`; see `bucket_shape`).
   """
   if scale is None:
     scale = slice_scales(slices, scale_foreground(slices, mask, per_slice=per_slice))
   scale = np.asarray(scale, np.float32)
   norm = slices / scale[:, None, None]
-  (bx, ax), (by, ay) = centred_pads(norm.shape[1:], factor)
+  (bx, ax), (by, ay) = centred_pads(norm.shape[1:], factor, shape)
   pads = ((0, 0), (bx, ax), (by, ay))
   norm_p, mask_p = np.pad(norm, pads), np.pad(mask, pads)
-  n4_img, n4_log = _n4_slices(norm_p, mask_p, n4_backend, n4_settings, batch_size)
+  if log_field is None:
+    n4_img, n4_log = _n4_slices(norm_p, mask_p, n4_backend, n4_settings, batch_size)
+  else:
+    n4_log = np.pad(np.asarray(log_field, np.float32), pads)
+    n4_img = norm_p * np.exp(-n4_log)
+    fg = scale_foreground(norm_p, mask_p, per_slice=per_slice)
+    means = slice_scales(n4_img, fg)
+    n4_img = n4_img / means[:, None, None]
+    n4_log = n4_log + np.log(means)[:, None, None]
   crop = (slice(None), slice(bx, bx + norm.shape[1]), slice(by, by + norm.shape[2]))
-  return Prepared(norm_p, n4_img, n4_log, mask_p, scale, crop)
+  return Prepared(norm_p, n4_img.astype(np.float32), n4_log.astype(np.float32), mask_p, scale, crop)
+
+
+def padded_batch(n: int, batch_size: int) -> int:
+  """Images per compiled call for n images: `batch_size`, or for fewer the next power of two (so a
+  handful of batch shapes covers every input, each compiled once; the last batch is padded)."""
+  if n >= batch_size:
+    return batch_size
+  return min(batch_size, 1 << max(0, int(n - 1).bit_length()))
 
 
 def _n4_slices(slices: np.ndarray, masks: np.ndarray, backend: str, settings, batch_size: int):
@@ -323,10 +365,11 @@ def _n4_slices(slices: np.ndarray, masks: np.ndarray, backend: str, settings, ba
     return corrected, log_field
   settings = n4.N4Settings(iterations=DEFAULT_N4_ITERATIONS) if settings is None else settings
   idx = np.flatnonzero(masks.reshape(len(masks), -1).sum(axis=1) >= MIN_FOREGROUND)
-  for start in range(0, len(idx), batch_size):
-    sel = idx[start:start + batch_size]
+  bs = padded_batch(len(idx), batch_size)
+  for start in range(0, len(idx), bs):
+    sel = idx[start:start + bs]
     if backend == "jax":
-      pad = np.concatenate([sel, np.repeat(sel[-1:], batch_size - len(sel))]) if len(idx) > batch_size else sel
+      pad = np.concatenate([sel, np.repeat(sel[-1:], bs - len(sel))])
       res = n4.n4_batch(slices[pad], masks[pad], settings=settings)
       corrected[sel] = np.asarray(res.corrected)[:len(sel)]
       log_field[sel] = np.asarray(res.log_field)[:len(sel)]
