@@ -148,19 +148,28 @@ def _cmd_ablations(args) -> int:
   return 0
 
 
+def _restore_options(args) -> dict:
+  return dict(steps=args.steps, seed=args.seed, n4=args.n4, n4_mode=args.n4_mode, batch_size=args.batch_size,
+              axis=args.axis, fidelity=args.fidelity, lowfreq=args.lowfreq)
+
+
 def _cmd_restore(args) -> int:
   from mri_jax import restore
 
-  s = restore.restore_nifti(args.input, args.output, checkpoint=args.checkpoint, steps=args.steps,
-                            seed=args.seed, n4=args.n4, batch_size=args.batch_size, axis=args.axis,
-                            fidelity=args.fidelity, lowfreq=args.lowfreq, save_field=args.save_field,
-                            save_residual=args.save_residual,
+  if args.output_dir is not None:
+    return _restore_many(args)
+  if len(args.paths) != 2:
+    raise UserInputError(f"give INPUT OUTPUT, or several INPUTs with --output-dir DIR (got {len(args.paths)} "
+                         "path(s) and no --output-dir)")
+  inp, output = args.paths
+  s = restore.restore_nifti(inp, output, checkpoint=args.checkpoint, series=args.series,
+                            save_field=args.save_field, save_residual=args.save_residual,
                             save_uncertainty=args.save_uncertainty, uncertainty_seeds=args.uncertainty_seeds,
-                            overwrite=args.overwrite, progress=not args.quiet)
+                            overwrite=args.overwrite, progress=not args.quiet, **_restore_options(args))
   where = f", slices along axis {s['axis']}" if s["axis"] is not None else ""
   extra = [p for p in (args.save_field, args.save_residual, args.save_uncertainty) if p]
   c = s["consistency"]
-  print(f"wrote {args.output} (shape {s['shape']}{where}, K = {s['steps']}, N4 {s['n4']}, "
+  print(f"wrote {output} (shape {s['shape']}{where}, K = {s['steps']}, N4 {s['n4']}, "
         f"{s['seconds']['total']:.2f} s; model {s['model']})" + "".join(f" and {p}" for p in extra))
   print(f"consistency: residual energy {c['energy']:.2f} × noise (median over slices), structure "
         f"{c['structure']:.2f} (max {c['max_structure']:.2f}; noise-like ≈ 1)")
@@ -170,6 +179,23 @@ def _cmd_restore(args) -> int:
           f"(structure > {c['warn_structure']:g}): anatomy may have been erased or invented there; compare "
           "with the input or look at --save-residual", file=sys.stderr)
   return 0
+
+
+def _restore_many(args) -> int:
+  from mri_jax import restore_files
+
+  extras = [flag for flag, v in (("--save-field", args.save_field), ("--save-residual", args.save_residual),
+                                 ("--save-uncertainty", args.save_uncertainty)) if v]
+  if extras:
+    raise UserInputError(f"{', '.join(extras)} name one file: use them with INPUT OUTPUT, not with --output-dir")
+  results = restore_files.restore_files(args.paths, args.output_dir, series=args.series, checkpoint=args.checkpoint,
+                                        overwrite=args.overwrite, progress=not args.quiet, **_restore_options(args))
+  failed = [r for r in results if r.error]
+  print(f"restored {len(results) - len(failed)} of {len(results)} file(s) into {args.output_dir}"
+        + (f"; {len(failed)} failed (listed above)" if failed else ""))
+  if any(r.internal for r in failed):
+    return 1
+  return EXIT_USER_ERROR if failed else 0
 
 
 def _cmd_export_weights(args) -> int:
@@ -334,22 +360,34 @@ def build_parser() -> argparse.ArgumentParser:
 
   rd = _defaults(restore.restore_nifti)
   p = sub.add_parser(
-      "restore", help="remove noise and bias field from a NIfTI scan with the restorer",
+      "restore", help="remove noise and bias field from NIfTI / DICOM scans with the restorer",
+      usage="mri-jax restore [options] INPUT OUTPUT\n       mri-jax restore [options] INPUT [INPUT ...] --output-dir DIR",
       formatter_class=argparse.RawDescriptionHelpFormatter,
-      description="Restore a 2-D or 3-D magnitude NIfTI (X×Y×1 counts as 2-D). 3-D volumes are "
-                  "restored slice by slice along --axis (default: the thickest voxels, else the "
-                  "axial axis from the affine); each slice is scaled to foreground mean 1, padded "
-                  "to the model's multiple, conditioned on its N4 field, restored in K network "
-                  "passes, cropped and scaled back, so OUTPUT is on the input's intensity scale. "
-                  "OUTPUT keeps the input's header, affine and voxel size, is written atomically, "
-                  "and the input is never modified. Without --checkpoint the default weights "
-                  "shipped in the package are used (no download).",
+      description="Restore 2-D or 3-D magnitude scans (X×Y×1 counts as 2-D). An INPUT is a NIfTI file, a DICOM "
+                  "file, or a folder holding a DICOM series (read with SimpleITK's series reader; the affine is "
+                  "converted from DICOM's LPS to NIfTI's RAS). With --output-dir, INPUTs may also be folders of "
+                  "such files; each is restored into DIR under its own name (DICOM: <folder>_s<series>_<description>"
+                  ".nii.gz), one line per file, and one file's failure does not stop the others (the exit code "
+                  "is non-zero at the end). 3-D volumes are corrected by one 3-D N4 and restored slice by slice "
+                  "along --axis (default: the thickest voxels, else the axial axis from the affine); each slice "
+                  "is scaled to foreground mean 1, padded, restored in K network passes, cropped and scaled "
+                  "back, so OUTPUT is on the input's intensity scale. OUTPUT keeps the input's header, affine "
+                  "and voxel size, is written atomically, and inputs are never modified. Without --checkpoint "
+                  "the default weights shipped in the package are used (no download). Compiled programs are "
+                  "kept in a per-user cache (MRI_JAX_CACHE_DIR, default ~/.cache/mri_jax/xla; 'off' disables "
+                  "it), so only the first run on a machine compiles.",
       epilog="examples:\n"
              "  mri-jax restore scan.nii.gz restored.nii.gz\n"
+             "  mri-jax restore scans/*.nii.gz dicom_series_folder/ --output-dir restored/\n"
+             "  mri-jax restore dicom_folder/ restored.nii.gz --series 1.3.12.2.1107.5.2.43.66112.2016...\n"
              "  mri-jax restore scan.nii.gz restored.nii.gz --steps 4 --n4 sitk --save-field field.nii.gz\n"
              "  mri-jax restore scan.nii.gz restored.nii.gz --checkpoint runs/default")
-  p.add_argument("input", help="image to restore (.nii or .nii.gz, 2-D or 3-D)")
-  p.add_argument("output", help="restored image to write (.nii or .nii.gz)")
+  p.add_argument("paths", nargs="+", metavar="PATH",
+                 help="INPUT OUTPUT, or INPUTs with --output-dir (NIfTI, DICOM file, DICOM series folder)")
+  p.add_argument("-o", "--output-dir", metavar="DIR", default=None,
+                 help="restore every INPUT into DIR (created if needed)")
+  p.add_argument("--series", metavar="UID", default=rd["series"],
+                 help="the DICOM series to read when the INPUT folder holds several (the error lists them)")
   p.add_argument("--steps", type=int, default=None, metavar="K",
                  help="sampler steps, 1 … the model's schedule length (default: the model's "
                       "configured single pass)")
@@ -362,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "without N4)")
   p.add_argument("--batch-size", type=int, default=rd["batch_size"], metavar="B",
                  help="slices per network call (default %(default)s)")
+  p.add_argument("--n4-mode", choices=restore.N4_MODES, default=rd["n4_mode"],
+                 help="N4 of a volume: one 3-D N4 (volume; continuous field, no slice banding), per slice "
+                      "(slices), or auto = volume for >= 8 slices (default %(default)s)")
   p.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                  help="slicing axis of a 3-D volume (default: auto)")
   p.add_argument("--fidelity", type=float, default=rd["fidelity"], metavar="W",
@@ -379,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="also write the per-voxel std of the restored image over --uncertainty-seeds seeds")
   p.add_argument("--uncertainty-seeds", type=int, default=rd["uncertainty_seeds"], metavar="N",
                  help="sampling seeds for --save-uncertainty, >= 2 (default %(default)s)")
-  p.add_argument("--overwrite", action="store_true", help="replace OUTPUT and the --save-* files if they exist")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace OUTPUT (or the files in --output-dir) and the --save-* files if they exist")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=_cmd_restore)
 
@@ -432,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Commands that compile JAX programs: they use the persistent compilation cache (`mri_jax.compile_cache`).
+_COMPILING = ("restore", "demo", "evaluate", "simulate", "n4", "build-data", "train", "export-weights")
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs `mri-jax ARGV`; returns the exit code (0 ok, 2 user error with one line on stderr)."""
   parser = build_parser()
@@ -440,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)  # reports the unknown arguments as usual
   args.overrides = extra
   try:
+    if args.command in _COMPILING:
+      from mri_jax import compile_cache
+
+      compile_cache.enable()
     return args.func(args)
   except UserInputError as err:
     print(f"mri-jax {args.command}: error: {err}", file=sys.stderr)

@@ -76,3 +76,105 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
   jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)  # bounded ⇒ file-locked reads and writes
   _enabled = str(folder)
   return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Traced programs, kept too: the XLA cache skips compiling, but a fresh process would still trace
+# N4 and the networks in Python (≈ 1.5 s on a 2-core CPU). `cached_call` stores the traced program
+# (`jax.export`, StableHLO) next to it, keyed by the name, the argument shapes, JAX's version and
+# a hash of mri_jax's own source, so a changed program is never served from an old file.
+# --------------------------------------------------------------------------------------------
+_calls: dict = {}
+_source_hash: str | None = None
+
+
+def _mri_jax_source_hash() -> str:
+  global _source_hash
+  if _source_hash is None:
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+      h.update(str(f.relative_to(root)).encode())
+      h.update(f.read_bytes())
+    _source_hash = h.hexdigest()[:16]
+  return _source_hash
+
+
+def cached_call(name: str, fn, *args):
+  """`jax.jit(fn)(*args)`; with the cache on, the traced program is also kept on disk (see above).
+
+  `fn` takes arrays (a flat list or tuple of them is fine) and returns a pytree of arrays; every
+  static choice it closes over must be in `name`, which with the arguments' shapes and dtypes keys
+  the program.
+  """
+  import jax
+
+  flat, tree = jax.tree.flatten(args)
+  sig = (name, str(tree), tuple((tuple(a.shape), str(a.dtype)) for a in flat))
+  call = _calls.get(sig)
+  if call is None:
+    call = _load_or_export(name, sig, fn, args) if _enabled is not None else jax.jit(fn)
+    _calls[sig] = call
+  return call(*args)
+
+
+def _load_or_export(name: str, sig, fn, args):
+  import hashlib
+
+  import jax
+  from jax import export
+
+  key = hashlib.sha256(repr((sig, jax.__version__, _mri_jax_source_hash())).encode()).hexdigest()[:32]
+  path = Path(_enabled) / "programs" / f"{''.join(c if c.isalnum() else '_' for c in name)[:40]}-{key}.bin"
+  exported = None
+  if path.is_file():
+    try:
+      exported = export.deserialize(bytearray(path.read_bytes()))
+    except Exception:  # a torn or foreign file: trace again and replace it
+      exported = None
+  if exported is None:
+    try:
+      exported = export.export(jax.jit(fn))(*args)
+      payload = bytes(exported.serialize())
+    except Exception:  # a program jax.export cannot serialise: plain jit (the XLA cache still applies)
+      return jax.jit(fn)
+    try:
+      from mri_jax.io.nifti import atomic_write_bytes
+
+      path.parent.mkdir(parents=True, exist_ok=True)
+      atomic_write_bytes(path, payload)
+    except OSError:
+      pass  # a read-only cache still works for this process
+  return jax.jit(exported.call)
+
+
+def cached_value(name: str, key: str, build):
+  """`build()`, kept on disk (pickled) under the cache folder keyed by `name`, `key`, JAX's version
+  and mri_jax's source hash; just `build()` when the cache is off. For static, picklable values that
+  are slow to make (the networks' abstract graph definitions: `Restorer.from_config`). The cache
+  folder is trusted (as JAX's own cache is): do not share it with users you do not trust."""
+  if _enabled is None:
+    return build()
+  import hashlib
+  import pickle
+
+  import jax
+
+  digest = hashlib.sha256(repr((name, key, jax.__version__, _mri_jax_source_hash())).encode()).hexdigest()[:32]
+  path = Path(_enabled) / "values" / f"{''.join(c if c.isalnum() else '_' for c in name)[:40]}-{digest}.pkl"
+  if path.is_file():
+    try:
+      return pickle.loads(path.read_bytes())
+    except Exception:  # a torn or foreign file: build again and replace it
+      pass
+  value = build()
+  try:
+    from mri_jax.io.nifti import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, pickle.dumps(value))
+  except Exception:  # unpicklable or read-only: this process still has the value
+    pass
+  return value

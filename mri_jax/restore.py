@@ -39,6 +39,7 @@ was made with (`model.n4_iterations` in its config).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -187,14 +188,25 @@ def auto_axis(shape, spacing=None, affine=None) -> int:
 
 
 def _make_fn(model: Model, k: int, fidelity_weight: float | None = None):
-  """The jitted K-step restorer of `model` (cached on the model: one compile per shape)."""
+  """The K-step restorer of `model` as run(params, corrupted, n4, log_field, key) (a jitted program
+  per input shape, kept across processes by `compile_cache.cached_call` when the cache is on)."""
   if (k, fidelity_weight) in model._fns:
     return model._fns[k, fidelity_weight]
+  from mri_jax import compile_cache
 
-  @jax.jit
-  def run(params, corrupted, n4, log_field, key):
+  treedef = jax.tree.structure(model.params)
+  arch = hashlib.sha256(model.config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+  name = f"restorer-{arch}-k{k}-w{fidelity_weight}"
+
+  def fn(leaves, corrupted, n4, log_field, key_data):
+    params = jax.tree.unflatten(treedef, leaves)
+    key = jax.random.wrap_key_data(key_data)
     return model.restorer.restore(params, corrupted[..., None], n4[..., None], log_field[..., None], key, k=k,
                                   fidelity_weight=fidelity_weight)
+
+  def run(params, corrupted, n4, log_field, key):
+    return compile_cache.cached_call(name, fn, jax.tree.leaves(params), corrupted, n4, log_field,
+                                     jax.random.key_data(key))
 
   model._fns[k, fidelity_weight] = run
   return run
@@ -418,23 +430,41 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
                        mask_o, ax, times, check)
 
 
-def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed: int = 0, n4: str = "jax",
+def load_input(path, *, series: str | None = None) -> nifti.NiftiImage:
+  """An input image: a NIfTI file, a DICOM file, or a folder holding a DICOM series (`series`:
+  its UID when the folder holds several). DICOM comes with its RAS affine (`mri_jax.io.dicom`)."""
+  from mri_jax.io import dicom
+
+  path = Path(path)
+  if path.is_dir():
+    return dicom.read_series(path, series)
+  if series is not None:
+    raise UserInputError(f"--series picks a series in a DICOM folder; '{path}' is not a folder")
+  if dicom.is_dicom_file(path):
+    return dicom.read_file(path)
+  return nifti.load_nifti(path)
+
+
+def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | None = None, series: str | None = None,
+                  steps=None, seed: int = 0, n4: str = "jax", n4_mode: str = "auto",
                   batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
                   lowfreq: float | None = DEFAULT_LOWFREQ, save_field=None, save_residual=None,
                   save_uncertainty=None, uncertainty_seeds: int = 4, overwrite: bool = False,
                   progress: bool = False) -> dict:
-  """Restores a 2-D/3-D NIfTI into `output_path` (header, affine and voxel size kept; atomic write).
+  """Restores a 2-D/3-D NIfTI (or a DICOM file, or a folder holding a DICOM series: `load_input`)
+  into the NIfTI `output_path` (header, affine and voxel size kept; atomic write).
 
-  `save_field` receives the multiplicative N4 field the restorer was conditioned on (slice-wise,
-  as computed for the network), so input ≈ field × N4-corrected image; `save_residual` the
-  consistency check's residual map (input − field × restored) / σ̂; `save_uncertainty` the
-  per-voxel std of the restored image over `uncertainty_seeds` sampling seeds (seed, seed + 1, …).
-  Options, paths and the image are checked before the model is loaded.
+  `model`: an already loaded model (else `checkpoint` is loaded). `save_field` receives the
+  multiplicative N4 field the restorer was conditioned on, so input ≈ field × N4-corrected image;
+  `save_residual` the consistency check's residual map (input − field × restored) / σ̂;
+  `save_uncertainty` the per-voxel std of the restored image over `uncertainty_seeds` sampling
+  seeds (seed, seed + 1, …). Options, paths and the image are checked before the model is loaded.
 
   Raises:
     UserInputError: bad input, options or checkpoint; output path problems. Nothing is written then.
   """
-  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq)
+  check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq,
+                n4_mode=n4_mode)
   if save_field is not None and n4 == "none":
     raise UserInputError("--save-field needs an N4 field: use --n4 jax or --n4 sitk")
   out, field_out = nifti.check_outputs(output_path, save_field, input_path, overwrite=overwrite)
@@ -447,17 +477,18 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, steps=None, seed:
   taken = [p.resolve() for p in (out, field_out, *extra.values()) if p is not None]
   if len(set(taken)) < len(taken):
     raise UserInputError("OUTPUT, --save-field, --save-residual and --save-uncertainty must be different files")
-  img = nifti.load_nifti(input_path)
+  img = load_input(input_path, series=series)
   check_image(img.data[..., 0] if img.data.ndim == 3 and img.data.shape[-1] == 1 else img.data)
-  model = load_model(checkpoint)
+  model = load_model(checkpoint) if model is None else model
   res = restore_array(img.data, model, steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis,
                       spacing=img.spacing, affine=img.image.affine, fidelity=fidelity, lowfreq=lowfreq,
-                      progress=progress)
+                      n4_mode=n4_mode, progress=progress)
   uncertainty = None
   if save_uncertainty is not None:
     runs = [res.image] + [restore_array(img.data, model, steps=steps, seed=seed + i, n4=n4, batch_size=batch_size,
                                         axis=axis, spacing=img.spacing, affine=img.image.affine, fidelity=fidelity,
-                                        lowfreq=lowfreq, check_consistency=False).image for i in range(1, uncertainty_seeds)]
+                                        lowfreq=lowfreq, n4_mode=n4_mode, check_consistency=False).image
+                            for i in range(1, uncertainty_seeds)]
     uncertainty = np.std(np.stack(runs), axis=0).astype(np.float32)
   nifti.save_nifti_like(out, res.image, img, description="mri-jax restore")
   if field_out is not None:

@@ -65,8 +65,11 @@ def otsu_threshold(image: jax.Array, bins: int = 256) -> jax.Array:
 
 def otsu_mask(image: jax.Array, settings: N4Settings = N4Settings()) -> jax.Array:
   """The foreground mask N4 uses by default: voxels above Otsu's threshold of the shrunk image."""
+  from mri_jax import compile_cache
+
   image = jnp.asarray(image, jnp.float32)
-  return _otsu_jit(image, make_plan(image.shape, settings))
+  p = make_plan(image.shape, settings)
+  return compile_cache.cached_call(f"otsu-{p}", lambda i: _otsu_jit(i, p), image)
 
 
 def _otsu_shrunk(image, p):
@@ -210,7 +213,7 @@ def n4(image, mask=None, *, spacing=None, settings: N4Settings = N4Settings()) -
   mask = None if mask is None else jnp.asarray(mask, bool)
   if mask is not None and mask.shape != image.shape:
     raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
-  return _n4_jit(image, mask, p, settings)
+  return _cached(_n4_jit, "n4", image, mask, p, settings)
 
 
 def n4_batch(images, masks=None, *, spacing=None, settings: N4Settings = N4Settings()) -> N4Result:
@@ -220,7 +223,20 @@ def n4_batch(images, masks=None, *, spacing=None, settings: N4Settings = N4Setti
   masks = None if masks is None else jnp.asarray(masks, bool)
   if masks is not None and masks.shape != images.shape:
     raise ValueError(f"masks shape {masks.shape} differs from images shape {images.shape}")
-  return _n4_batch_jit(images, masks, p, settings)
+  return _cached(_n4_batch_jit, "n4_batch", images, masks, p, settings)
+
+
+def _cached(jitted, name: str, images, masks, p: Plan, settings: N4Settings) -> N4Result:
+  """`jitted(images, masks, p, settings)` through `compile_cache.cached_call` (with the persistent
+  cache on, a later process neither traces nor compiles it again)."""
+  from mri_jax import compile_cache
+
+  key = f"{name}-{p}-{settings}"
+  if masks is None:
+    out = compile_cache.cached_call(key + "-otsu", lambda i: tuple(jitted(i, None, p, settings)), images)
+  else:
+    out = compile_cache.cached_call(key, lambda i, m: tuple(jitted(i, m, p, settings)), images, masks)
+  return N4Result(*out)
 
 
 def n4_traced(image: jax.Array, mask: jax.Array | None, p: Plan, settings: N4Settings) -> N4Result:
