@@ -1,11 +1,21 @@
 """Test set-up and shared helpers.
 
-8 forced CPU devices (before JAX initialises) so multi-device paths run without a GPU; the `tiny`
+8 forced CPU devices (before JAX initialises) so multi-device paths run without a GPU; a fresh
+compilation cache for the session (MRI_JAX_CACHE_DIR, unless set); the `tiny`
 dataset and one short training run built once per session; helpers to write NIfTIs and call the
 CLI.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# One fresh compilation cache for the session (the CLI turns it on; subprocesses inherit it).
+_CACHE = tempfile.mkdtemp(prefix="mri_jax_test_cache_")
+atexit.register(shutil.rmtree, _CACHE, True)
+os.environ.setdefault("MRI_JAX_CACHE_DIR", _CACHE)
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -71,3 +81,45 @@ def full_run(tiny_dataset, tmp_path_factory):
   out = train.train(tiny_config(data_dir, eval_every=6), workdir, log=lambda m: None)
   out["workdir"] = workdir
   return out
+
+
+def write_dicom_series(folder, vol, *, spacing=(0.9, 1.1, 3.0), direction=None, origin=(-20.0, 30.0, 15.0),
+                       uid="1.2.826.0.1.3680043.2.1125.1", number=3, description="T1 test", repeat_position=False,
+                       image_type="ORIGINAL\\PRIMARY\\M\\ND"):
+  """Writes an (X, Y, Z) int16 volume as a DICOM MR series, one file per slice, with the tags
+  a scanner writes (positions, orientation, spacing, UIDs; enough for dcm2niix to group it).
+  `direction`: 3×3 ITK direction (LPS; default an oblique rotation). Returns the folder."""
+  import SimpleITK as sitk
+
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  if direction is None:
+    a, b = 0.3, 0.2
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    direction = rz @ rx
+  d = np.asarray(direction, float).reshape(3, 3)
+  img = sitk.GetImageFromArray(np.asarray(vol).transpose(2, 1, 0).astype(np.int16))
+  img.SetSpacing(tuple(float(s) for s in spacing))
+  img.SetDirection(tuple(d.ravel()))
+  img.SetOrigin(tuple(float(o) for o in origin))
+  writer = sitk.ImageFileWriter()
+  writer.KeepOriginalImageUIDOn()
+  for k in range(vol.shape[2]):
+    sl = img[:, :, k]
+    pos = img.TransformIndexToPhysicalPoint((0, 0, 0 if repeat_position and k == 1 else k))
+    tags = {"0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0008|0018": f"{uid}.{k + 1}",
+            "0008|0008": image_type, "0008|0070": "mri_jax test", "0008|103e": description,
+            "0008|0020": "20260101", "0008|0021": "20260101", "0008|0030": "120000", "0008|0031": "120000",
+            "0008|0032": "120000", "0010|0010": "Phantom^Test", "0010|0020": "0001", "0018|5100": "HFS",
+            "0018|0050": f"{spacing[2]:.6f}", "0018|0080": "500", "0018|0081": "10",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": uid, "0020|0011": str(number),
+            "0020|0012": "1", "0020|0013": str(k + 1), "0020|0052": "1.2.826.0.1.3680043.2.1125.7",
+            "0020|0032": "\\".join(f"{p:.6f}" for p in pos),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*d[:, 0], *d[:, 1])),
+            "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}"}
+    for tag, value in tags.items():
+      sl.SetMetaData(tag, value)
+    writer.SetFileName(str(folder / f"{uid[-6:]}_{k:03d}.dcm"))
+    writer.Execute(sl)
+  return folder

@@ -9,7 +9,8 @@ writer and dcm2niix make (tests/io/test_dicom.py checks both). The array is in I
 
 Refused with a one-line error (never a silently wrong image): no DICOM series in the folder, several
 series without `series=` (the error lists them), an unknown series UID, Siemens mosaics (several
-slices tiled in one image: convert them with dcm2niix first), repeated images at one slice position,
+slices tiled in one image: convert them with dcm2niix first), phase / real / imaginary images
+(ImageType), repeated images at one slice position,
 colour images, non-finite data and anything GDCM cannot read.
 """
 
@@ -135,7 +136,7 @@ def select_series(folder: str | os.PathLike, uid: str | None = None) -> Series:
   return series[0]
 
 
-def _to_nifti(image, path: Path) -> NiftiImage:
+def _to_nifti(image, path: Path, thickness: float | None = None) -> NiftiImage:
   """A SimpleITK image → NiftiImage with the RAS affine (see the module docstring)."""
   import nibabel as nib
 
@@ -146,6 +147,8 @@ def _to_nifti(image, path: Path) -> NiftiImage:
     raise UserInputError(f"'{path}' is a {image.GetDimension()}-D DICOM image; only 2-D or 3-D are supported")
   if image.GetDimension() == 2:
     image = sitk.JoinSeries(image)
+  if image.GetSize()[2] == 1 and thickness:  # one slice: its thickness is the through-plane voxel size
+    image.SetSpacing((*image.GetSpacing()[:2], thickness))  # (as dcm2niix writes it)
   data = np.asarray(sitk.GetArrayFromImage(image), np.float32).transpose(2, 1, 0)  # (k, j, i) → (i, j, k)
   if not np.all(np.isfinite(data)):
     raise UserInputError(f"'{path}' holds NaN or Inf values")
@@ -162,12 +165,21 @@ def _to_nifti(image, path: Path) -> NiftiImage:
   return NiftiImage(data=kept, spacing=tuple(float(s) for s in spacing[:kept.ndim]), image=img, path=path)
 
 
-def _check_not_mosaic(files) -> None:
+# ImageType (0008,0008) values of images that are not magnitude: phase, real, imaginary parts.
+NOT_MAGNITUDE = {"P": "phase", "PHASE": "phase", "R": "real-part", "REAL": "real-part", "I": "imaginary-part",
+                 "IMAGINARY": "imaginary-part"}
+
+
+def _check_image_type(files) -> None:
   info = _file_info(files[0])
-  image_type = _tag(info, "0008|0008").upper()
-  if "MOSAIC" in image_type:
+  values = [v.strip().upper() for v in _tag(info, "0008|0008").split("\\")]
+  if "MOSAIC" in values:
     raise UserInputError(f"'{files[0]}' is a Siemens mosaic (several slices tiled in one image); convert the "
                          "series to NIfTI with dcm2niix first and restore that")
+  kind = next((NOT_MAGNITUDE[v] for v in values[2:3] if v in NOT_MAGNITUDE), None)
+  if kind is not None:
+    raise UserInputError(f"'{files[0]}' is a {kind} image (DICOM ImageType {'/'.join(values)}); the restorer "
+                         "takes magnitude images")
 
 
 def read_series(folder: str | os.PathLike, uid: str | None = None) -> NiftiImage:
@@ -184,7 +196,7 @@ def read_files(files, path: Path) -> NiftiImage:
   """The images `files` (one series, in slice order) as one NiftiImage; `path` names it in messages."""
   sitk = _sitk()
   files = [str(f) for f in files]
-  _check_not_mosaic(files)
+  _check_image_type(files)
   if len(files) > 1:
     positions = [_tag(_file_info(f), "0020|0032") for f in files]
     if len(set(positions)) < len(positions):
@@ -199,7 +211,20 @@ def read_files(files, path: Path) -> NiftiImage:
     image = reader.Execute()
   except RuntimeError as err:
     raise UserInputError(f"cannot read the DICOM images of '{path}': {str(err).strip().splitlines()[-1]}") from None
-  return _to_nifti(image, path)
+  return _to_nifti(image, path, _thickness(files[0]) if len(files) == 1 else None)
+
+
+def _thickness(path: str) -> float | None:
+  """Spacing between slices (0018,0088), else slice thickness (0018,0050), of one DICOM file."""
+  info = _file_info(path)
+  for key in ("0018|0088", "0018|0050"):
+    try:
+      value = float(_tag(info, key).split("\\")[0])
+    except ValueError:
+      continue
+    if value > 0 and np.isfinite(value):
+      return value
+  return None
 
 
 def read_file(path: str | os.PathLike) -> NiftiImage:
