@@ -150,7 +150,7 @@ def _cmd_ablations(args) -> int:
 
 def _restore_options(args) -> dict:
   return dict(steps=args.steps, seed=args.seed, n4=args.n4, n4_mode=args.n4_mode, batch_size=args.batch_size,
-              axis=args.axis, fidelity=args.fidelity, lowfreq=args.lowfreq)
+              axis=args.axis, fidelity=args.fidelity, lowfreq=args.lowfreq, noise_clamp=args.noise_clamp)
 
 
 def _cmd_restore(args) -> int:
@@ -412,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="low-frequency fix: content coarser than SIGMA pixels comes from the N4-corrected input "
                       "(intensities follow the input; the network adds the finer detail); 0 = off; "
                       "default %(default)s")
+  p.add_argument("--noise-clamp", type=float, default=rd["noise_clamp"], metavar="K",
+                 help="the output stays within K noise σ (estimated from the input) of the N4-corrected input at "
+                      "every voxel: noise is removed, anatomy cannot be erased or invented beyond what noise "
+                      "explains; 0 = off; default %(default)s")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative N4 field used")
   p.add_argument("--save-residual", metavar="F",
                  help="also write the consistency residual (input − field × restored) / σ̂: noise-like where "

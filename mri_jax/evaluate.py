@@ -221,15 +221,18 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
 
 
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
-                 fidelity: float | None = None, lowfreq: float | None = None, independent: bool = False):
+                 fidelity: float | None = None, lowfreq: float | None = None, independent: bool = False,
+                 noise_clamp: float | None = None):
   """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
   measured after a warm-up call (compilation) when `timed`."""
   from mri_jax import restore
 
   kw = dict(steps=k, seed=seed, axis=0, batch_size=batch_size, fidelity=fidelity, check_consistency=False,
-            independent_slices=independent)
+            independent_slices=independent, n4_mode="slices", noise_clamp=noise_clamp)
   if lowfreq is not None:
     kw["lowfreq"] = lowfreq
+  if noise_clamp is None:
+    kw.pop("noise_clamp")
   if timed:
     restore.restore_array(images[:batch_size], model, **kw)
   res = restore.restore_array(images, model, **kw)
@@ -298,12 +301,15 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
   log(f"[{ts.name}] restorer without the low-frequency fix...")
-  outputs["restorer K = 1, no low-frequency fix (the network alone)"] = run_restorer(
-      model, ts.corrupted, 1, seed=seed, lowfreq=0.0, independent=not ts.group)
+  log(f"[{ts.name}] restorer without the noise clamp...")
+  outputs["restorer K = 1, no noise clamp"] = run_restorer(model, ts.corrupted, 1, seed=seed, noise_clamp=0.0,
+                                                           independent=not ts.group)
+  outputs["restorer K = 1, no low-frequency fix, no clamp (the network alone)"] = run_restorer(
+      model, ts.corrupted, 1, seed=seed, lowfreq=0.0, noise_clamp=0.0, independent=not ts.group)
   if model.params.get("fid") is not None:
     log(f"[{ts.name}] restorer without its fidelity path (w = 0) and the fidelity ceiling...")
-    outputs["restorer K = 1, fidelity w = 0 (plain decoder), no low-frequency fix"] = run_restorer(
-        model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0, independent=not ts.group)
+    outputs["restorer K = 1, fidelity w = 0 (plain decoder), no low-frequency fix, no clamp"] = run_restorer(
+        model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0, noise_clamp=0.0, independent=not ts.group)
     outputs["decoder(clean latent) + fidelity path of the input: ceiling"] = (fidelity_ceiling(model, ts), 0.0)
   rows = []
   base = None

@@ -23,8 +23,9 @@ How an image goes through (the same preparation the training slices had):
    (`lowfreq`, default 1 px) takes its content coarser than that scale from the N4-corrected input.
    The physics consistency check (`mri_jax.consistency`) then scores each restored slice.
 6. Slices of a volume whose foreground is under 64 voxels or under 10% of the largest slice's
-   (the caps above and below the anatomy, which the model never saw in training) are passed
-   through unchanged.
+   (the caps above and below the anatomy, which the model never saw in training) skip N4 and the
+   network: they are passed through unchanged, or with a volume's 3-D N4 only divided by its field
+   (on the restored slices' scale), so the bias does not jump where restoring stops.
 
 The network, its preparation of the input (steps 2–3) and the sampler live in
 `mri_jax.models.restorer`, shared with training; weights are read by `mri_jax.checkpoints`.
@@ -64,6 +65,9 @@ DEFAULT_BATCH_SIZE = 16
 # the shipped model: the demo volume SSIM 0.878 → 0.928 and PSNR 22.8 → 27.2 dB; real-scan slices
 # (4 groups × 4 slices, clean / simulator / independent inputs) 0.84 / 0.62 / 0.77 → 0.90 / 0.81 / 0.88.
 DEFAULT_LOWFREQ = 1.0
+# The noise clamp's k (`restore_array(noise_clamp=...)`): the output stays within k noise σ of the
+# N4-corrected input at every voxel.
+DEFAULT_NOISE_CLAMP = 3.0
 
 
 @dataclasses.dataclass
@@ -212,21 +216,47 @@ def _make_fn(model: Model, k: int, fidelity_weight: float | None = None):
   return run
 
 
-def _lowfreq_fix(restored: np.ndarray, n4_img: np.ndarray, mask: np.ndarray, sigma: float, *,
-                 one_scale: bool = False) -> np.ndarray:
-  """Per slice: restored − G∗restored + G∗(N4 image scaled to the restored foreground mean), G a
-  Gaussian of σ pixels; clipped at 0. `one_scale`: one factor for the whole stack (a volume's 3-D
-  N4 image), so each slice's mean follows the N4 image rather than the network."""
-  from scipy import ndimage
-
+def _scaled_reference(restored: np.ndarray, n4_img: np.ndarray, mask: np.ndarray, *,
+                      one_scale: bool = False) -> np.ndarray:
+  """The N4 image on the restored slices' scale: each slice scaled to the restored slice's
+  foreground mean, or with `one_scale` one factor for the whole stack (a volume's 3-D N4 image,
+  so each slice's mean follows the N4 image rather than the network)."""
   if one_scale:
     total = float(n4_img[mask].sum())
-    n4_img = n4_img * (float(restored[mask].sum()) / total if total > 0 else 1.0)
-  out = np.empty_like(restored)
+    return n4_img * (float(restored[mask].sum()) / total if total > 0 else 1.0)
+  out = n4_img.copy()
   for i, (x, y, m) in enumerate(zip(restored, n4_img, mask)):
-    if not one_scale and m.sum() >= MIN_FOREGROUND:
-      y = y * (x[m].mean() / max(float(y[m].mean()), 1e-12))
+    if m.sum() >= MIN_FOREGROUND:
+      out[i] = y * (x[m].mean() / max(float(y[m].mean()), 1e-12))
+  return out
+
+
+def _lowfreq_fix(restored: np.ndarray, reference: np.ndarray, sigma: float) -> np.ndarray:
+  """Per slice: restored − G∗restored + G∗reference (the scaled N4 image), G a Gaussian of σ
+  pixels; clipped at 0."""
+  from scipy import ndimage
+
+  out = np.empty_like(restored)
+  for i, (x, y) in enumerate(zip(restored, reference)):
     out[i] = x - ndimage.gaussian_filter(x, sigma) + ndimage.gaussian_filter(y, sigma)
+  return np.maximum(out, 0.0)
+
+
+def _noise_clamp(restored: np.ndarray, reference: np.ndarray, inputs: np.ndarray, field: np.ndarray,
+                 mask: np.ndarray, k: float) -> np.ndarray:
+  """The output may differ from the (scaled) N4 image by at most k noise σ per voxel: the input is
+  field × image + noise, so a change larger than the noise can explain would be erased or invented
+  anatomy. σ is each input slice's robust noise estimate (`consistency.robust_sigma`), carried to
+  the reference's scale (÷ field, × the slice's scale factor)."""
+  out = restored.copy()
+  n4_in = inputs / field
+  for i in range(len(out)):
+    m = mask[i]
+    if m.sum() < MIN_FOREGROUND:
+      continue
+    b = float(reference[i][m].sum()) / max(float(n4_in[i][m].sum()), 1e-12)
+    bound = k * consistency.robust_sigma(inputs[i], m) * b / field[i]
+    out[i] = reference[i] + np.clip(restored[i] - reference[i], -bound, bound)
   return np.maximum(out, 0.0)
 
 
@@ -262,8 +292,10 @@ def _volume_n4(slices: np.ndarray, mask: np.ndarray, backend: str, settings, spa
 
 
 def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE,
-                  axis=None, fidelity=None, lowfreq=None, n4_mode: str = "auto") -> None:
+                  axis=None, fidelity=None, lowfreq=None, n4_mode: str = "auto", noise_clamp=None) -> None:
   """Raises UserInputError for options out of range (those that need no model)."""
+  if noise_clamp is not None and not 0.0 <= float(noise_clamp) <= 100.0:
+    raise UserInputError(f"noise clamp k (--noise-clamp) must be in [0, 100] noise σ, got {noise_clamp}")
   if n4_mode not in N4_MODES:
     raise UserInputError(f"N4 mode (--n4-mode) must be one of {N4_MODES}, got {n4_mode!r}")
   if lowfreq is not None and not 0.0 <= float(lowfreq) <= 64.0:
@@ -307,8 +339,8 @@ def check_image(data: np.ndarray, name: str = "input") -> None:
 def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | None = None, seed: int = 0,
                   n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, spacing=None,
                   affine=None, fidelity: float | None = None, lowfreq: float | None = DEFAULT_LOWFREQ,
-                  check_consistency: bool = True, independent_slices: bool = False,
-                  n4_mode: str = "auto", progress: bool = False) -> RestoreResult:
+                  noise_clamp: float | None = DEFAULT_NOISE_CLAMP, check_consistency: bool = True,
+                  independent_slices: bool = False, n4_mode: str = "auto", progress: bool = False) -> RestoreResult:
   """Restores a 2-D or 3-D magnitude image (see the module docstring for the steps).
 
   Args:
@@ -327,6 +359,10 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
       output's content coarser than that scale is replaced by the N4-corrected input's (rescaled to the output's foreground mean),
       so intensities and contrast follow the input and the network contributes the finer detail
       (StableSR's wavelet/colour fix, with N4 removing the field). Needs N4.
+    noise_clamp: k (default `DEFAULT_NOISE_CLAMP`; None or 0: off): the output may differ from the
+      N4-corrected input (on the output's scale) by at most k × the input's noise σ per voxel, so
+      the network removes noise but cannot erase or invent anatomy beyond what noise explains.
+      Needs N4.
     check_consistency: run the physics consistency check (`mri_jax.consistency`) on the slices
       that were restored.
     independent_slices: the slices of a 3-D array are unrelated images (a stack of test slices),
@@ -341,7 +377,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   from mri_jax.n4 import otsu_mask
 
   check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq,
-                n4_mode=n4_mode)
+                n4_mode=n4_mode, noise_clamp=noise_clamp)
   data = np.asarray(data, np.float32)
   squeeze = data.ndim == 3 and data.shape[-1] == 1
   vol = data[..., 0] if squeeze else data
@@ -396,13 +432,24 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   restored = slices.copy()
   if n:
     part = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
-    if lowfreq and n4 != "none":
-      if log_field is None:  # each slice's own N4 image, scaled to the restored slice's mean
-        part = _lowfreq_fix(part, prep.n4[prep.crop] * prep.scale[:, None, None], mask[idx], float(lowfreq))
-      else:  # the volume's N4 image, one scale for the volume: slice means follow the 3-D correction
-        part = _lowfreq_fix(part, slices[idx] * np.exp(-log_field[idx]), mask[idx], float(lowfreq),
-                            one_scale=True)
+    if n4 != "none" and (lowfreq or noise_clamp):
+      # the N4 field of these slices: the volume's 3-D field, or each slice's own
+      fld = np.exp(log_field[idx] if log_field is not None else prep.log_field[prep.crop])
+      # the N4 image on the output's scale: per slice, or one scale for a volume's 3-D N4 image
+      ref = _scaled_reference(part, slices[idx] / fld, mask[idx], one_scale=log_field is not None)
+      if lowfreq:
+        part = _lowfreq_fix(part, ref, float(lowfreq))
+      if noise_clamp:
+        part = _noise_clamp(part, ref, slices[idx], fld, mask[idx], float(noise_clamp))
     restored[idx] = part
+  if log_field is not None and n < len(slices):
+    # Slices passed through (the caps) still get the volume's N4 correction, on the restored
+    # slices' scale, so the bias field does not jump where restoring stops.
+    n4_vol = slices * np.exp(-log_field)
+    m = mask[idx]
+    c = float(restored[idx][m].sum()) / max(float(n4_vol[idx][m].sum()), 1e-12) if n else 1.0
+    rest = np.flatnonzero(~anatomy)
+    restored[rest] = n4_vol[rest] * c
   if not np.all(np.isfinite(restored)):  # never write a silently wrong image
     raise RuntimeError("the restorer produced non-finite values; please report this input")
   field = None
@@ -448,7 +495,8 @@ def load_input(path, *, series: str | None = None) -> nifti.NiftiImage:
 def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | None = None, series: str | None = None,
                   steps=None, seed: int = 0, n4: str = "jax", n4_mode: str = "auto",
                   batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
-                  lowfreq: float | None = DEFAULT_LOWFREQ, save_field=None, save_residual=None,
+                  lowfreq: float | None = DEFAULT_LOWFREQ, noise_clamp: float | None = DEFAULT_NOISE_CLAMP,
+                  save_field=None, save_residual=None,
                   save_uncertainty=None, uncertainty_seeds: int = 4, overwrite: bool = False,
                   progress: bool = False) -> dict:
   """Restores a 2-D/3-D NIfTI (or a DICOM file, or a folder holding a DICOM series: `load_input`)
@@ -464,7 +512,7 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
     UserInputError: bad input, options or checkpoint; output path problems. Nothing is written then.
   """
   check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq,
-                n4_mode=n4_mode)
+                n4_mode=n4_mode, noise_clamp=noise_clamp)
   if save_field is not None and n4 == "none":
     raise UserInputError("--save-field needs an N4 field: use --n4 jax or --n4 sitk")
   out, field_out = nifti.check_outputs(output_path, save_field, input_path, overwrite=overwrite)
@@ -482,12 +530,13 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
   model = load_model(checkpoint) if model is None else model
   res = restore_array(img.data, model, steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis,
                       spacing=img.spacing, affine=img.image.affine, fidelity=fidelity, lowfreq=lowfreq,
-                      n4_mode=n4_mode, progress=progress)
+                      noise_clamp=noise_clamp, n4_mode=n4_mode, progress=progress)
   uncertainty = None
   if save_uncertainty is not None:
     runs = [res.image] + [restore_array(img.data, model, steps=steps, seed=seed + i, n4=n4, batch_size=batch_size,
                                         axis=axis, spacing=img.spacing, affine=img.image.affine, fidelity=fidelity,
-                                        lowfreq=lowfreq, n4_mode=n4_mode, check_consistency=False).image
+                                        lowfreq=lowfreq, noise_clamp=noise_clamp, n4_mode=n4_mode,
+                                        check_consistency=False).image
                             for i in range(1, uncertainty_seeds)]
     uncertainty = np.std(np.stack(runs), axis=0).astype(np.float32)
   nifti.save_nifti_like(out, res.image, img, description="mri-jax restore")

@@ -111,7 +111,8 @@ def restore_files(inputs, output_dir, *, series: str | None = None, checkpoint=N
                   progress: bool = False, log=print, **options) -> list[FileResult]:
   """Restores every input into `output_dir` (created if needed) with one loaded model.
 
-  `options` are `restore_nifti`'s (steps, seed, n4, n4_mode, batch_size, axis, fidelity, lowfreq).
+  `options` are `restore_nifti`'s (steps, seed, n4, n4_mode, batch_size, axis, fidelity, lowfreq,
+  noise_clamp).
   Returns one FileResult per job, in input order; failures are in the results, not raised.
 
   Raises:
@@ -120,7 +121,7 @@ def restore_files(inputs, output_dir, *, series: str | None = None, checkpoint=N
   from tqdm.auto import tqdm
 
   restore.check_options(**{k: v for k, v in options.items() if k in (
-      "steps", "seed", "n4", "batch_size", "axis", "fidelity", "lowfreq", "n4_mode")})
+      "steps", "seed", "n4", "batch_size", "axis", "fidelity", "lowfreq", "n4_mode", "noise_clamp")})
   output_dir = nifti.check_folder(output_dir, "--output-dir")
   jobs = expand_inputs(inputs, series=series)
   model = restore.load_model(checkpoint)

@@ -187,3 +187,67 @@ def test_shipped_model_restores_as_before_the_restructuring():
   np.testing.assert_allclose(r2.image, ref["restored2d"], rtol=1e-4, atol=1e-4 * float(ref["restored2d"].max()))
   np.testing.assert_allclose(r3.image, ref["restored3d"], rtol=1e-4, atol=1e-4 * float(ref["restored3d"].max()))
   np.testing.assert_allclose(r2.field, ref["field2d"], rtol=1e-4)
+
+
+def test_volume_n4_mode_uses_one_3d_field_and_skips_caps(subject):
+  from mri_jax import n4 as n4lib
+  from mri_jax.models import restorer as R
+
+  _, _, noisy = subject
+  vol = noisy[:, :, 4:-4]
+  assert vol.shape[2] >= restore.VOLUME_N4_MIN_SLICES
+  model = restore.load_model()
+  res = restore.restore_array(vol, model, axis=2, n4_mode="volume")
+  auto = restore.restore_array(vol, model, axis=2)  # ≥ 8 slices: the volume N4
+  np.testing.assert_array_equal(auto.image, res.image)
+  sl = restore.restore_array(vol, model, axis=2, n4_mode="slices")
+  assert not np.allclose(sl.image, res.image)
+  # the field is the volume's 3-D N4 field (continuous across slices), as N4 itself gives it
+  stack = np.moveaxis(np.maximum(vol, 0), 2, 0)
+  mask = np.moveaxis(res.mask, 2, 0)
+  ref = n4lib.n4(stack / stack[mask].mean(), mask, settings=R.n4_settings(model.config))
+  np.testing.assert_allclose(np.moveaxis(res.field, 2, 0), np.exp(np.asarray(ref.log_field)), rtol=1e-4)
+  # slices without anatomy are never restored: only divided by the volume's field (one scale)
+  counts = mask.reshape(len(mask), -1).sum(axis=1)
+  caps = counts < max(restore.MIN_FOREGROUND, restore.PASS_THROUGH_FRACTION * counts.max())
+  out = np.moveaxis(res.image, 2, 0)
+  corrected = np.maximum(stack[caps], 0) * np.exp(-np.asarray(ref.log_field))[caps]
+  assert caps.any()
+  ratio = out[caps][corrected > 0] / corrected[corrected > 0]
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+  np.testing.assert_array_equal(np.moveaxis(sl.image, 2, 0)[caps], np.maximum(stack[caps], 0))  # per-slice mode
+  assert np.all(np.isfinite(res.image)) and res.image.min() >= 0
+  # a short stack (< 8 slices) keeps per-slice N4 under 'auto'
+  short = vol[..., :4]
+  np.testing.assert_array_equal(restore.restore_array(short, model, axis=2).image,
+                                restore.restore_array(short, model, axis=2, n4_mode="slices").image)
+
+
+def test_noise_clamp_keeps_the_output_within_k_sigma_of_the_n4_image(subject):
+  from mri_jax import consistency
+
+  rng = np.random.default_rng(0)
+  truth = np.zeros((2, 40, 40), np.float32)
+  truth[:, 8:32, 8:32] = 100.0
+  truth[:, 15:20, 15:20] = 160.0  # a "lesion"
+  field = np.exp(np.linspace(-0.3, 0.3, 40))[None, None, :] * np.ones_like(truth)
+  inputs = np.abs(truth * field + rng.normal(0, 4.0, truth.shape)).astype(np.float32)
+  mask = truth > 0
+  reference = 1.5 * inputs / field  # the N4 image on the output's scale (b = 1.5)
+  erased = np.full_like(truth, 150.0) * mask  # a restorer that erased the lesion and the edges
+  for k in (1.0, 3.0):
+    out = restore._noise_clamp(erased, reference, inputs, field, mask, k)
+    bound = np.stack([k * consistency.robust_sigma(x, m) * 1.5 / f for x, m, f in zip(inputs, mask, field)])
+    assert np.all(np.abs(out - reference) <= bound * (1 + 1e-5) + 1e-4)
+    sigma = consistency.robust_sigma(inputs[0], mask[0])
+    assert abs(sigma - 4.0) < 0.6, sigma  # the robust estimate ignores the edges
+  lesion = out[:, 15:20, 15:20].mean() / out[:, 24:30, 24:30].mean()
+  assert lesion > 1.4  # the clamp gives the lesion back (true contrast 1.6)
+  # without noise there is nothing to remove: the restored image is the N4-corrected input
+  model = restore.load_model()
+  c = (truth[0] * field[0]).astype(np.float32)
+  res = restore.restore_array(c, model)
+  ratio = res.image[res.mask] / (c / res.field)[res.mask]
+  np.testing.assert_allclose(ratio, np.median(ratio), rtol=1e-3)
+  with pytest.raises(UserInputError, match="--noise-clamp"):
+    restore.restore_array(c, model, noise_clamp=-1)

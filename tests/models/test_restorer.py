@@ -46,3 +46,32 @@ def test_fidelity_weight_zero_is_the_plain_decoder():
   for a, b in zip(jax.tree.leaves(base["unet"]), jax.tree.leaves(params["unet"])):
     np.testing.assert_array_equal(a, b)
   assert isinstance(r.fidelity_net(params["fid"]), nnx.Module)
+
+
+def test_bucket_shapes_and_padding_to_a_target():
+  assert R.bucket_shape((37, 50), 16) == (48, 64)
+  assert R.bucket_shape((197, 233), 16) == (208, 240)
+  assert R.bucket_shape((256, 256), 16) == (256, 256)
+  assert R.bucket_shape((257, 300), 16) == (288, 320)  # multiples of 32 above 256
+  assert R.bucket_shape((60, 80), 4) == (64, 80)
+  assert R.centred_pads((37, 50), 16, (64, 64)) == ((13, 14), (7, 7))
+  with np.testing.assert_raises(ValueError):
+    R.centred_pads((37, 50), 16, (40, 64))  # not a multiple of the factor
+  assert [R.padded_batch(n, 16) for n in (1, 2, 3, 5, 9, 16, 40)] == [1, 2, 4, 8, 16, 16, 16]
+
+
+def test_prepare_slices_with_a_volume_field_keeps_slice_equal_n4_times_field():
+  rng = np.random.default_rng(1)
+  slices = rng.uniform(0.5, 2.0, (4, 30, 40)).astype(np.float32)
+  mask = np.zeros_like(slices, bool)
+  mask[:, 4:26, 5:35] = True
+  log_field = np.linspace(-0.3, 0.3, 4)[:, None, None] + np.linspace(0, 0.2, 40)[None, None, :] + 0 * slices
+  prep = R.prepare_slices(slices, mask, 16, log_field=log_field, shape=(32, 48))
+  assert prep.corrupted.shape == (4, 32, 48)
+  np.testing.assert_allclose(prep.n4 * np.exp(prep.log_field), prep.corrupted, rtol=1e-5, atol=1e-6)
+  fg = R.scale_foreground(prep.corrupted, prep.mask)
+  for x, m in zip(prep.n4, fg):  # the N4 image on the model's scale, as the training records'
+    assert abs(x[m].mean() - 1.0) < 1e-4
+  # the field's shape across the slice is kept (only a per-slice constant moves)
+  d = prep.log_field[prep.crop] - log_field
+  np.testing.assert_allclose(d - d.mean(axis=(1, 2), keepdims=True), 0.0, atol=1e-5)
