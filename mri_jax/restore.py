@@ -9,25 +9,31 @@ How an image goes through (the same preparation the training slices had):
    for isotropic voxels the axis closest to the head's superior–inferior direction, i.e. axial
    slices as in training); 2-D images are one slice.
 2. Otsu's mask of the whole image (N4's mask; one threshold per slice with
-   `independent_slices`). Each slice is divided by its mean over the non-air foreground (above
-   0.2 × Otsu's threshold, as the training records' masks; slices with < 64 foreground voxels use
-   the image's foreground mean) — the model sees foreground mean 1, as in training — and
-   zero-padded to a multiple of the model's downsampling.
-3. N4 per slice (JAX or SimpleITK backend, the dataset builder's settings) gives the conditioning
-   (the N4-corrected slice and its log field); `n4='none'` conditions on the corrupted slice twice
-   and a zero field (only sensible for models trained that way, e.g. the no_n4 ablation).
-4. The restoration sampler runs K steps (default: the model's configured single pass), slices in
-   batches of `batch_size`, one compiled program per (batch, padded shape).
-5. The output is cropped, multiplied back by each slice's scale (so it is on the input's intensity
-   scale, with the bias removed) and clipped at 0 (magnitude images); the low-frequency fix
-   (`lowfreq`, default 1 px) takes its content coarser than that scale from the N4-corrected input.
-   The physics consistency check (`mri_jax.consistency`) then scores each restored slice.
-6. Slices of a volume whose foreground is under 64 voxels or under 10% of the largest slice's
-   (the caps above and below the anatomy, which the model never saw in training) skip N4 and the
-   network: they are passed through unchanged, or with a volume's 3-D N4 only divided by its field
-   (on the restored slices' scale), so the bias does not jump where restoring stops.
+   `independent_slices`). Slices of a volume whose foreground is under 64 voxels or under 10% of
+   the largest slice's (the caps above and below the anatomy, which the model never saw in
+   training) skip N4 and the network (step 7).
+3. N4 (JAX or SimpleITK backend, the settings the model's data was made with): one 3-D N4 of the
+   whole volume (`n4_mode` 'volume', or 'auto' for ≥ 8 slices with anatomy), else per slice
+   ('slices', 2-D images, `independent_slices`); `n4='none'` conditions on the corrupted slice
+   twice and a zero field (only for models trained that way, e.g. the no_n4 ablation).
+4. Each slice is divided by its mean over the non-air foreground (above 0.2 × Otsu's threshold,
+   as the training records' masks; slices with < 64 foreground voxels use the image's foreground
+   mean) — the model sees foreground mean 1, as in training — and zero-padded to a size bucket
+   (`restorer.bucket_shape`: multiples of 16 up to 256) so that few shapes are ever compiled.
+5. The restoration sampler runs K steps (default: the model's configured single pass), slices in
+   batches of `batch_size` (fewer slices: the next power of two), one compiled program per
+   (batch, bucket), kept across processes by `mri_jax.compile_cache` when the CLI turned it on.
+6. The output is cropped, multiplied back by each slice's scale (so it is on the input's intensity
+   scale, with the bias removed) and clipped at 0 (magnitude images). The low-frequency fix
+   (`lowfreq`, default 1 px) takes its content coarser than that scale from the N4-corrected input
+   (for a volume's 3-D N4 with one scale for the whole volume, so slice means follow the 3-D
+   correction: no slice-to-slice banding); the noise clamp (`noise_clamp`, default 3) keeps every
+   voxel within k noise σ of the N4-corrected input. The physics consistency check
+   (`mri_jax.consistency`) then scores each restored slice.
+7. The cap slices of step 2 are passed through unchanged, or with a volume's 3-D N4 only divided
+   by its field (on the restored slices' scale), so the bias does not jump where restoring stops.
 
-The network, its preparation of the input (steps 2–3) and the sampler live in
+The network, its preparation of the input (steps 3–4) and the sampler live in
 `mri_jax.models.restorer`, shared with training; weights are read by `mri_jax.checkpoints`.
 This module never imports `mri_jax.train`.
 

@@ -6,11 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from mri_jax import compile_cache
 from tests.conftest import write_nifti
