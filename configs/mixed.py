@@ -2,8 +2,8 @@
 body-like scenes, tight crops, embedded odd-sized images) with wide corruption, and the fidelity
 path (the input's pixels fed into the decoder, past the latent).
 
-Sized for a 2-core CPU (about 1 h of training when the machine is otherwise idle); the shipped
-weights come from:
+Sized for a 2-core CPU (about 1.5 h of training: 1,500 autoencoder + 6,000 UNet + 3,000 fidelity
+steps, 86 min on the 2-core CI-class machine shared with other work); the shipped weights come from:
   mri-jax build-data --config mixed128 --data-dir data
   mri-jax train --config configs/mixed.py --workdir runs/mixed --config.data.data_dir=data
   mri-jax export-weights runs/mixed mri_jax/weights/default
@@ -20,8 +20,8 @@ def get_config(arg=None):
   c.data.name = "mri_pairs/mixed128"
   c.model.fidelity = arg != "no_fidelity"
   c.train.ae_steps = 1_500
-  c.train.diffusion_steps = 2_500
-  c.train.fidelity_steps = 1_000 if c.model.fidelity else 0
+  c.train.diffusion_steps = 6_000
+  c.train.fidelity_steps = 3_000 if c.model.fidelity else 0
   c.train.eval_every = 500
   if arg not in (None, "", "no_fidelity"):
     raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity)")

@@ -66,8 +66,8 @@ def _montage(path: Path, panels: dict[str, np.ndarray], title: str, errors_again
 DEMO_SUBJECT_SPLIT = 7  # a key branch no dataset split uses: the demo subject is never a training subject
 
 
-def demo(outdir, *, seed: int = 0, checkpoint=None, steps: int | None = None, n4_mode: str = "auto", log=None,
-         **settings) -> dict:
+def demo(outdir, *, seed: int = 0, checkpoint=None, steps: int | None = None, n4_mode: str = "auto",
+         noise_clamp: float | None = None, log=None, **settings) -> dict:
   """The main job on the embedded default (MNI152 tissue maps from nilearn, offline).
 
   Makes a synthetic subject at 2 mm (deformed anatomy, random contrast, texture; seeded, never a
@@ -79,7 +79,8 @@ def demo(outdir, *, seed: int = 0, checkpoint=None, steps: int | None = None, n4
   # ---- every check before any work, so a bad option gives one line and leaves no folder behind
   log = log or (lambda m: None)
   outdir = nifti.check_folder(outdir, "OUTDIR")
-  restore.check_options(steps=steps, seed=seed, n4_mode=n4_mode)
+  restore.check_options(steps=steps, seed=seed, n4_mode=n4_mode, noise_clamp=noise_clamp)
+  clamp = {} if noise_clamp is None else {"noise_clamp": noise_clamp}
   cfg = corruption_settings(**settings)
   model = restore.load_model(checkpoint)
   restore.check_model_options(model, steps=steps)
@@ -102,7 +103,7 @@ def demo(outdir, *, seed: int = 0, checkpoint=None, steps: int | None = None, n4
   t_n4 = time.perf_counter() - t0
   log(f"restoring {clean.shape[-1]} axial slices ({model.source})...")
   res = restore.restore_array(corrupted, model, steps=steps, seed=seed, spacing=spacing, affine=affine,
-                              n4_mode=n4_mode, progress=True)
+                              n4_mode=n4_mode, progress=True, **clamp)
   restored = res.image
   like = nifti.NiftiImage(data=clean, spacing=spacing, image=nib.Nifti1Image(clean, affine),
                           path=outdir / "clean.nii.gz")
