@@ -175,10 +175,10 @@ def test_export_weights_round_trip_matches_the_workdir(tiny_dataset, tmp_path, c
   assert code == 2 and "do not match" in err
 
 
-def test_shipped_model_restores_as_before_the_restructuring():
-  """The reference outputs were written by the shipped model before the restorer moved into
-  `models.restorer` (byte-identical on the machine that wrote them; the tolerance covers other
-  XLA builds)."""
+def test_shipped_model_restores_as_its_reference_outputs():
+  """The reference outputs were written by the shipped model and the default restore settings
+  (byte-identical on the machine that wrote them; the tolerance covers other XLA builds). Any
+  change of the shipped weights or of what `restore_array` does by default must rewrite them."""
   from pathlib import Path
 
   ref = np.load(Path(__file__).parent / "fixtures" / "shipped_restore_reference.npz")
