@@ -28,7 +28,8 @@ How an image goes through (the same preparation the training slices had):
    (`lowfreq`, default 1 px) takes its content coarser than that scale from the N4-corrected input
    (for a volume's 3-D N4 with one scale for the whole volume, so slice means follow the 3-D
    correction: no slice-to-slice banding); the noise clamp (`noise_clamp`, default 1) keeps every
-   voxel within k noise σ of the N4-corrected input. The physics consistency check
+   voxel of the tissue (the non-air foreground grown by 2 voxels) within k noise σ of the
+   N4-corrected input; in the air beyond, the network may remove the noise entirely. The physics consistency check
    (`mri_jax.consistency`) then scores each restored slice.
 7. The cap slices of step 2 are passed through unchanged, or with a volume's 3-D N4 only divided
    by its field (on the restored slices' scale), so the bias does not jump where restoring stops.
@@ -252,12 +253,18 @@ def _lowfreq_fix(restored: np.ndarray, reference: np.ndarray, sigma: float) -> n
   return np.maximum(out, 0.0)
 
 
+# The noise clamp acts inside the non-air foreground grown by this many voxels; in the air beyond,
+# the network may remove the (Rayleigh) noise entirely.
+CLAMP_MARGIN = 2
+
+
 def _noise_clamp(restored: np.ndarray, reference: np.ndarray, inputs: np.ndarray, field: np.ndarray,
-                 mask: np.ndarray, k: float) -> np.ndarray:
+                 mask: np.ndarray, k: float, tissue: np.ndarray | None = None) -> np.ndarray:
   """The output may differ from the (scaled) N4 image by at most k noise σ per voxel: the input is
   field × image + noise, so a change larger than the noise can explain would be erased or invented
   anatomy. σ is each input slice's robust noise estimate (`consistency.robust_sigma`), carried to
-  the reference's scale (÷ field, × the slice's scale factor)."""
+  the reference's scale (÷ field, × the slice's scale factor). `tissue`: where the clamp applies
+  (default everywhere; restore passes the non-air foreground grown by CLAMP_MARGIN voxels)."""
   out = restored.copy()
   n4_in = inputs / field
   for i in range(len(out)):
@@ -266,6 +273,8 @@ def _noise_clamp(restored: np.ndarray, reference: np.ndarray, inputs: np.ndarray
       continue
     b = float(reference[i][m].sum()) / max(float(n4_in[i][m].sum()), 1e-12)
     bound = k * consistency.robust_sigma(inputs[i], m) * b / field[i]
+    if tissue is not None:
+      bound = np.where(tissue[i], bound, np.inf)
     out[i] = reference[i] + np.clip(restored[i] - reference[i], -bound, bound)
   return np.maximum(out, 0.0)
 
@@ -450,7 +459,11 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
       if lowfreq:
         part = _lowfreq_fix(part, ref, float(lowfreq))
       if noise_clamp:
-        part = _noise_clamp(part, ref, slices[idx], fld, mask[idx], float(noise_clamp))
+        from scipy import ndimage
+
+        tissue = R.scale_foreground(slices[idx], mask[idx], per_slice=independent_slices)
+        tissue = ndimage.binary_dilation(tissue, np.ones((1, 3, 3), bool), iterations=CLAMP_MARGIN)
+        part = _noise_clamp(part, ref, slices[idx], fld, mask[idx], float(noise_clamp), tissue)
     restored[idx] = part
   if log_field is not None and n < len(slices):
     # Slices passed through (the caps) still get the volume's N4 correction, on the restored
