@@ -89,6 +89,18 @@ def write_dicom_series(folder, vol, *, spacing=(0.9, 1.1, 3.0), direction=None, 
   """Writes an (X, Y, Z) int16 volume as a DICOM MR series, one file per slice, with the tags
   a scanner writes (positions, orientation, spacing, UIDs; enough for dcm2niix to group it).
   `direction`: 3×3 ITK direction (LPS; default an oblique rotation). Returns the folder."""
+  import locale
+
+  saved = locale.setlocale(locale.LC_ALL)  # GDCM's DICOM writer sets the C locale: keep ours
+  try:
+    return _write_dicom_series(folder, vol, spacing, direction, origin, uid, number, description, repeat_position,
+                               image_type)
+  finally:
+    locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(folder, vol, spacing, direction, origin, uid, number, description, repeat_position,
+                        image_type):
   import SimpleITK as sitk
 
   folder = Path(folder)
