@@ -81,8 +81,8 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
 # --------------------------------------------------------------------------------------------
 # Traced programs, kept too: the XLA cache skips compiling, but a fresh process would still trace
 # N4 and the networks in Python (≈ 1.5 s on a 2-core CPU). `cached_call` stores the traced program
-# (`jax.export`, StableHLO) next to it, keyed by the name, the argument shapes, JAX's version and
-# a hash of mri_jax's own source, so a changed program is never served from an old file.
+# (`jax.export`, StableHLO) next to it, keyed by the name, the argument shapes, JAX's version, the
+# devices' platform and kind, and a hash of mri_jax's own source, so a changed program is never served from an old file.
 # --------------------------------------------------------------------------------------------
 _calls: dict = {}
 _source_hash: str | None = None
@@ -100,6 +100,15 @@ def _mri_jax_source_hash() -> str:
       h.update(f.read_bytes())
     _source_hash = h.hexdigest()[:16]
   return _source_hash
+
+
+def _platform() -> tuple:
+  """JAX's version and the devices' platform and kind: a program traced for one machine's backend
+  is never served to another (a home folder shared by CPU and GPU nodes)."""
+  import jax
+
+  device = jax.devices()[0]
+  return (jax.__version__, device.platform, device.device_kind, jax.device_count())
 
 
 def cached_call(name: str, fn, *args):
@@ -126,7 +135,7 @@ def _load_or_export(name: str, sig, fn, args):
   import jax
   from jax import export
 
-  key = hashlib.sha256(repr((sig, jax.__version__, _mri_jax_source_hash())).encode()).hexdigest()[:32]
+  key = hashlib.sha256(repr((sig, _platform(), _mri_jax_source_hash())).encode()).hexdigest()[:32]
   path = Path(_enabled) / "programs" / f"{''.join(c if c.isalnum() else '_' for c in name)[:40]}-{key}.bin"
   exported = None
   if path.is_file():
@@ -160,9 +169,7 @@ def cached_value(name: str, key: str, build):
   import hashlib
   import pickle
 
-  import jax
-
-  digest = hashlib.sha256(repr((name, key, jax.__version__, _mri_jax_source_hash())).encode()).hexdigest()[:32]
+  digest = hashlib.sha256(repr((name, key, _platform(), _mri_jax_source_hash())).encode()).hexdigest()[:32]
   path = Path(_enabled) / "values" / f"{''.join(c if c.isalnum() else '_' for c in name)[:40]}-{digest}.pkl"
   if path.is_file():
     try:

@@ -422,6 +422,9 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   # through, and never send them through N4 or the network.
   anatomy = counts >= max(MIN_FOREGROUND, PASS_THROUGH_FRACTION * counts.max())
   idx = np.flatnonzero(anatomy)
+  if not len(idx):
+    raise UserInputError(f"too little foreground to restore: {int(counts.max())} voxels above Otsu's threshold in "
+                         f"the fullest slice, at least {MIN_FOREGROUND} needed")
   volume_n4 = n4 != "none" and vol.ndim == 3 and _use_volume_n4(n4_mode, independent_slices, len(idx))
   settings = R.n4_settings(model.config)
   log_field = None

@@ -251,3 +251,11 @@ def test_noise_clamp_keeps_the_output_within_k_sigma_of_the_n4_image(subject):
   np.testing.assert_allclose(ratio, np.median(ratio), rtol=1e-3)
   with pytest.raises(UserInputError, match="--noise-clamp"):
     restore.restore_array(c, model, noise_clamp=-1)
+
+
+def test_too_little_foreground_is_a_user_error():
+  rng = np.random.default_rng(0)
+  img = rng.random((32, 32)).astype(np.float32) * 0.1
+  img[10:16, 10:16] = 5.0  # 36 foreground voxels: nothing the model can restore
+  with pytest.raises(UserInputError, match="too little foreground"):
+    restore.restore_array(img)
