@@ -130,13 +130,10 @@ def cached_call(name: str, fn, *args):
 
 
 def _load_or_export(name: str, sig, fn, args):
-  import hashlib
-
   import jax
   from jax import export
 
-  key = hashlib.sha256(repr((sig, _platform(), _mri_jax_source_hash())).encode()).hexdigest()[:32]
-  path = Path(_enabled) / "programs" / f"{''.join(c if c.isalnum() else '_' for c in name)[:40]}-{key}.bin"
+  path = _entry("programs", name, sig, ".bin")
   exported = None
   if path.is_file():
     try:
@@ -149,13 +146,7 @@ def _load_or_export(name: str, sig, fn, args):
       payload = bytes(exported.serialize())
     except Exception:  # a program jax.export cannot serialise: plain jit (the XLA cache still applies)
       return jax.jit(fn)
-    try:
-      from mri_jax.io.nifti import atomic_write_bytes
-
-      path.parent.mkdir(parents=True, exist_ok=True)
-      atomic_write_bytes(path, payload)
-    except OSError:
-      pass  # a read-only cache still works for this process
+    _store(path, payload)
   return jax.jit(exported.call)
 
 
@@ -166,11 +157,9 @@ def cached_value(name: str, key: str, build):
   folder is trusted (as JAX's own cache is): do not share it with users you do not trust."""
   if _enabled is None:
     return build()
-  import hashlib
   import pickle
 
-  digest = hashlib.sha256(repr((name, key, _platform(), _mri_jax_source_hash())).encode()).hexdigest()[:32]
-  path = Path(_enabled) / "values" / f"{''.join(c if c.isalnum() else '_' for c in name)[:40]}-{digest}.pkl"
+  path = _entry("values", name, key, ".pkl")
   if path.is_file():
     try:
       return pickle.loads(path.read_bytes())
@@ -178,10 +167,27 @@ def cached_value(name: str, key: str, build):
       pass
   value = build()
   try:
-    from mri_jax.io.nifti import atomic_write_bytes
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, pickle.dumps(value))
-  except Exception:  # unpicklable or read-only: this process still has the value
-    pass
+    payload = pickle.dumps(value)
+  except Exception:  # unpicklable: this process still has the value
+    return value
+  _store(path, payload)
   return value
+
+
+def _entry(kind: str, name: str, key, suffix: str) -> Path:
+  """The file of one cached entry: `kind`/<name>-<hash of the key, the platform and mri_jax's source>."""
+  import hashlib
+
+  digest = hashlib.sha256(repr((key, _platform(), _mri_jax_source_hash())).encode()).hexdigest()[:32]
+  return Path(_enabled) / kind / f"{''.join(c if c.isalnum() else '_' for c in name)[:40]}-{digest}{suffix}"
+
+
+def _store(path: Path, payload: bytes) -> None:
+  """Writes an entry atomically; a read-only cache is not an error (this process has the value)."""
+  from mri_jax.io.nifti import atomic_write_bytes
+
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, payload)
+  except OSError:
+    pass

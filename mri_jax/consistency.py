@@ -32,20 +32,24 @@ from scipy import ndimage
 _LAPLACE_DIFF = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
 
 
+def _laplace_response(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+  """The image convolved with N (a difference of two Laplacians, ‖N‖ = 6), inside `mask` (all of it
+  when the mask is absent or under 16 voxels), flattened."""
+  conv = ndimage.convolve(image.astype(np.float64), _LAPLACE_DIFF, mode="reflect")
+  return conv[mask] if mask is not None and mask.sum() >= 16 else conv.ravel()
+
+
 def noise_sigma(image: np.ndarray, mask: np.ndarray | None = None) -> float:
   """Immerkær (1996) noise σ of a 2-D image from |image ∗ N| (N: difference of two Laplacians),
   averaged over `mask` (default: everywhere); insensitive to smooth intensity variations."""
-  conv = np.abs(ndimage.convolve(image.astype(np.float64), _LAPLACE_DIFF, mode="reflect"))
-  inside = conv[mask] if mask is not None and mask.sum() >= 16 else conv.ravel()
-  return float(np.sqrt(np.pi / 2.0) / 6.0 * inside.mean())
+  return float(np.sqrt(np.pi / 2.0) / 6.0 * np.abs(_laplace_response(image, mask)).mean())
 
 
 def robust_sigma(image: np.ndarray, mask: np.ndarray | None = None) -> float:
   """Noise σ of a 2-D image from the median absolute deviation of the same Laplacian-difference
   response as `noise_sigma` (1.4826 · MAD / ‖N‖ with ‖N‖ = 6), over `mask`: anatomy edges, which
   inflate Immerkær's mean, barely move the median."""
-  conv = ndimage.convolve(image.astype(np.float64), _LAPLACE_DIFF, mode="reflect")
-  inside = conv[mask] if mask is not None and mask.sum() >= 16 else conv.ravel()
+  inside = _laplace_response(image, mask)
   return float(1.4826 * np.median(np.abs(inside - np.median(inside))) / 6.0)
 
 

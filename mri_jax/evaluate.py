@@ -228,11 +228,11 @@ def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size
   from mri_jax import restore
 
   kw = dict(steps=k, seed=seed, axis=0, batch_size=batch_size, fidelity=fidelity, check_consistency=False,
-            independent_slices=independent, n4_mode="slices", noise_clamp=noise_clamp)
+            independent_slices=independent, n4_mode="slices")
   if lowfreq is not None:
     kw["lowfreq"] = lowfreq
-  if noise_clamp is None:
-    kw.pop("noise_clamp")
+  if noise_clamp is not None:
+    kw["noise_clamp"] = noise_clamp
   if timed:
     restore.restore_array(images[:batch_size], model, **kw)
   res = restore.restore_array(images, model, **kw)
@@ -300,10 +300,10 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
-  log(f"[{ts.name}] restorer without the low-frequency fix...")
   log(f"[{ts.name}] restorer without the noise clamp...")
   outputs["restorer K = 1, no noise clamp"] = run_restorer(model, ts.corrupted, 1, seed=seed, noise_clamp=0.0,
                                                            independent=not ts.group)
+  log(f"[{ts.name}] restorer without the low-frequency fix and the clamp...")
   outputs["restorer K = 1, no low-frequency fix, no clamp (the network alone)"] = run_restorer(
       model, ts.corrupted, 1, seed=seed, lowfreq=0.0, noise_clamp=0.0, independent=not ts.group)
   if model.params.get("fid") is not None:

@@ -228,18 +228,18 @@ def _make_fn(model: Model, k: int, fidelity_weight: float | None = None):
 
 
 def _scaled_reference(restored: np.ndarray, n4_img: np.ndarray, mask: np.ndarray, *,
-                      one_scale: bool = False) -> np.ndarray:
-  """The N4 image on the restored slices' scale: each slice scaled to the restored slice's
-  foreground mean, or with `one_scale` one factor for the whole stack (a volume's 3-D N4 image,
-  so each slice's mean follows the N4 image rather than the network)."""
+                      one_scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """(the N4 image on the restored slices' scale, the (N,) factors that put it there): each slice
+  scaled to the restored slice's foreground mean, or with `one_scale` one factor for the whole
+  stack (a volume's 3-D N4 image, so each slice's mean follows the N4 image rather than the
+  network)."""
   if one_scale:
     total = float(n4_img[mask].sum())
-    return n4_img * (float(restored[mask].sum()) / total if total > 0 else 1.0)
-  out = n4_img.copy()
-  for i, (x, y, m) in enumerate(zip(restored, n4_img, mask)):
-    if m.sum() >= MIN_FOREGROUND:
-      out[i] = y * (x[m].mean() / max(float(y[m].mean()), 1e-12))
-  return out
+    factors = np.full(len(n4_img), float(restored[mask].sum()) / total if total > 0 else 1.0)
+  else:
+    factors = np.array([x[m].mean() / max(float(y[m].mean()), 1e-12) if m.sum() >= MIN_FOREGROUND else 1.0
+                        for x, y, m in zip(restored, n4_img, mask)])
+  return n4_img * factors[:, None, None].astype(n4_img.dtype), factors
 
 
 def _lowfreq_fix(restored: np.ndarray, reference: np.ndarray, sigma: float) -> np.ndarray:
@@ -258,21 +258,20 @@ def _lowfreq_fix(restored: np.ndarray, reference: np.ndarray, sigma: float) -> n
 CLAMP_MARGIN = 2
 
 
-def _noise_clamp(restored: np.ndarray, reference: np.ndarray, inputs: np.ndarray, field: np.ndarray,
-                 mask: np.ndarray, k: float, tissue: np.ndarray | None = None) -> np.ndarray:
-  """The output may differ from the (scaled) N4 image by at most k noise σ per voxel: the input is
-  field × image + noise, so a change larger than the noise can explain would be erased or invented
-  anatomy. σ is each input slice's robust noise estimate (`consistency.robust_sigma`), carried to
-  the reference's scale (÷ field, × the slice's scale factor). `tissue`: where the clamp applies
-  (default everywhere; restore passes the non-air foreground grown by CLAMP_MARGIN voxels)."""
+def _noise_clamp(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray, inputs: np.ndarray,
+                 field: np.ndarray, mask: np.ndarray, k: float, tissue: np.ndarray | None = None) -> np.ndarray:
+  """The output may differ from the reference (the N4 image inputs ÷ field, × each slice's factor
+  from `_scaled_reference`) by at most k noise σ per voxel: the input is field × image + noise, so
+  a change larger than the noise can explain would be erased or invented anatomy. σ is each input
+  slice's robust noise estimate (`consistency.robust_sigma`), carried to the reference's scale
+  (÷ field, × factor). `tissue`: where the clamp applies (default everywhere; restore passes the
+  non-air foreground grown by CLAMP_MARGIN voxels)."""
   out = restored.copy()
-  n4_in = inputs / field
   for i in range(len(out)):
     m = mask[i]
     if m.sum() < MIN_FOREGROUND:
       continue
-    b = float(reference[i][m].sum()) / max(float(n4_in[i][m].sum()), 1e-12)
-    bound = k * consistency.robust_sigma(inputs[i], m) * b / field[i]
+    bound = k * consistency.robust_sigma(inputs[i], m) * factors[i] / field[i]
     if tissue is not None:
       bound = np.where(tissue[i], bound, np.inf)
     out[i] = reference[i] + np.clip(restored[i] - reference[i], -bound, bound)
@@ -452,28 +451,26 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     out[sel] = np.asarray(res)[:len(sel)]
   times["network"] = time.perf_counter() - t1
   restored = slices.copy()
-  if n:
-    part = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
-    if n4 != "none" and (lowfreq or noise_clamp):
-      # the N4 field of these slices: the volume's 3-D field, or each slice's own
-      fld = np.exp(log_field[idx] if log_field is not None else prep.log_field[prep.crop])
-      # the N4 image on the output's scale: per slice, or one scale for a volume's 3-D N4 image
-      ref = _scaled_reference(part, slices[idx] / fld, mask[idx], one_scale=log_field is not None)
-      if lowfreq:
-        part = _lowfreq_fix(part, ref, float(lowfreq))
-      if noise_clamp:
-        from scipy import ndimage
+  part = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
+  if n4 != "none" and (lowfreq or noise_clamp):
+    # the N4 field of these slices: the volume's 3-D field, or each slice's own
+    fld = np.exp(log_field[idx] if log_field is not None else prep.log_field[prep.crop])
+    # the N4 image on the output's scale: per slice, or one scale for a volume's 3-D N4 image
+    ref, factors = _scaled_reference(part, slices[idx] / fld, mask[idx], one_scale=log_field is not None)
+    if lowfreq:
+      part = _lowfreq_fix(part, ref, float(lowfreq))
+    if noise_clamp:
+      from scipy import ndimage
 
-        tissue = R.scale_foreground(slices[idx], mask[idx], per_slice=independent_slices)
-        tissue = ndimage.binary_dilation(tissue, np.ones((1, 3, 3), bool), iterations=CLAMP_MARGIN)
-        part = _noise_clamp(part, ref, slices[idx], fld, mask[idx], float(noise_clamp), tissue)
-    restored[idx] = part
+      tissue = ndimage.binary_dilation(prep.foreground[prep.crop], np.ones((1, 3, 3), bool), iterations=CLAMP_MARGIN)
+      part = _noise_clamp(part, ref, factors, slices[idx], fld, mask[idx], float(noise_clamp), tissue)
+  restored[idx] = part
   if log_field is not None and n < len(slices):
     # Slices passed through (the caps) still get the volume's N4 correction, on the restored
     # slices' scale, so the bias field does not jump where restoring stops.
     n4_vol = slices * np.exp(-log_field)
     m = mask[idx]
-    c = float(restored[idx][m].sum()) / max(float(n4_vol[idx][m].sum()), 1e-12) if n else 1.0
+    c = float(restored[idx][m].sum()) / max(float(n4_vol[idx][m].sum()), 1e-12)
     rest = np.flatnonzero(~anatomy)
     restored[rest] = n4_vol[rest] * c
   if not np.all(np.isfinite(restored)):  # never write a silently wrong image

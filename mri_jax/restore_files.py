@@ -43,8 +43,9 @@ def _is_nifti(path: Path) -> bool:
   return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def _nifti_job(path: Path) -> Job:
-  return Job(path, None, path.name)
+def _file_job(path: Path) -> Job:
+  """A NIfTI file keeps its name; a DICOM file becomes <stem>.nii.gz."""
+  return Job(path, None, path.name if _is_nifti(path) else f"{path.stem}.nii.gz")
 
 
 def _series_jobs(folder: Path, series: list[dicom.Series]) -> list[Job]:
@@ -70,16 +71,14 @@ def expand_inputs(paths, *, series: str | None = None) -> list[Job]:
     if path.is_file():
       if not (_is_nifti(path) or dicom.is_dicom_file(path)):
         raise UserInputError(f"input '{path}' is neither NIfTI (.nii, .nii.gz) nor DICOM")
-      jobs.append(_nifti_job(path) if _is_nifti(path) else Job(path, None, f"{path.stem}.nii.gz"))
+      jobs.append(_file_job(path))
       continue
-    found = dicom.list_series(path)
-    if series is not None:
-      found = [dicom.select_series(path, series)]
+    found = dicom.list_series(path) if series is None else [dicom.select_series(path, series)]
     in_series = {str(Path(f).resolve()) for s in found for f in s.files}
-    files = sorted(f for f in path.iterdir() if f.is_file())
-    folder_jobs = [_nifti_job(f) for f in files if _is_nifti(f)] if series is None else []
-    folder_jobs += [Job(f, None, f"{f.stem}.nii.gz") for f in files if series is None and not _is_nifti(f)
-                    and str(f.resolve()) not in in_series and f.suffix.lower() in dicom.DICOM_SUFFIXES]
+    files = sorted(f for f in path.iterdir() if f.is_file()) if series is None else []
+    loose = [f for f in files if not _is_nifti(f) and str(f.resolve()) not in in_series
+             and f.suffix.lower() in dicom.DICOM_SUFFIXES]  # DICOM files in no series
+    folder_jobs = [_file_job(f) for f in [*(f for f in files if _is_nifti(f)), *loose]]
     folder_jobs += _series_jobs(path, found)
     jobs += folder_jobs
     if not folder_jobs:
@@ -120,8 +119,7 @@ def restore_files(inputs, output_dir, *, series: str | None = None, checkpoint=N
   """
   from tqdm.auto import tqdm
 
-  restore.check_options(**{k: v for k, v in options.items() if k in (
-      "steps", "seed", "n4", "batch_size", "axis", "fidelity", "lowfreq", "n4_mode", "noise_clamp")})
+  restore.check_options(**options)
   output_dir = nifti.check_folder(output_dir, "--output-dir")
   jobs = expand_inputs(inputs, series=series)
   model = restore.load_model(checkpoint)

@@ -276,6 +276,7 @@ class Prepared(NamedTuple):
     mask: (N, PX, PY) foreground, padded.
     scale: (N,) the divisor of each slice.
     crop: index that cuts the padded slices back to (N, X, Y).
+    foreground: (N, PX, PY) the non-air foreground of the slices (`scale_foreground`), padded.
   """
 
   corrupted: np.ndarray
@@ -284,6 +285,7 @@ class Prepared(NamedTuple):
   mask: np.ndarray
   scale: np.ndarray
   crop: tuple
+  foreground: np.ndarray
 
 
 # The model's input scale is the mean over the *non-air* foreground (what the training records'
@@ -336,9 +338,8 @@ def prepare_slices(slices: np.ndarray, mask: np.ndarray, factor: int, *, n4_back
       training records' were, and its log field shifted to match (slice = N4 image × field).
     shape: the padded (PX, PY) (default: the next multiple of `factor`; see `bucket_shape`).
   """
-  if scale is None:
-    scale = slice_scales(slices, scale_foreground(slices, mask, per_slice=per_slice))
-  scale = np.asarray(scale, np.float32)
+  foreground = scale_foreground(slices, mask, per_slice=per_slice)
+  scale = np.asarray(slice_scales(slices, foreground) if scale is None else scale, np.float32)
   norm = slices / scale[:, None, None]
   (bx, ax), (by, ay) = centred_pads(norm.shape[1:], factor, shape)
   pads = ((0, 0), (bx, ax), (by, ay))
@@ -353,7 +354,8 @@ def prepare_slices(slices: np.ndarray, mask: np.ndarray, factor: int, *, n4_back
     n4_img = n4_img / means[:, None, None]
     n4_log = n4_log + np.log(means)[:, None, None]
   crop = (slice(None), slice(bx, bx + norm.shape[1]), slice(by, by + norm.shape[2]))
-  return Prepared(norm_p, n4_img.astype(np.float32), n4_log.astype(np.float32), mask_p, scale, crop)
+  return Prepared(norm_p, n4_img.astype(np.float32), n4_log.astype(np.float32), mask_p, scale, crop,
+                  np.pad(foreground, pads))
 
 
 def padded_batch(n: int, batch_size: int) -> int:
