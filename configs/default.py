@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
       n4_iterations=(50, 50, 50, 50),  # N4 of the conditioning: as the dataset was built (slices128)
       fidelity=False,               # the fidelity path (pixel features into the decoder; models/fidelity.py)
       fidelity_weight=1.0,          # its default weight w at inference
+      fidelity_residual=False,      # the path also blends the N4 image + a learned correction into the output
   ))
   c.schedule = ml_collections.ConfigDict(dict(kind="restoration", steps=15, kappa=0.5, sample_steps=1))
   c.optimizer = ml_collections.ConfigDict(dict(lr=1e-3, warmup=100, final_lr_fraction=0.05, clip=1.0,

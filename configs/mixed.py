@@ -1,12 +1,16 @@
 """The restorer on the mixed data: randomised anatomy and contrast (heads with skull and scalp,
-body-like scenes, tight crops, embedded odd-sized images) with wide corruption, and the fidelity
-path (the input's pixels fed into the decoder, past the latent).
+body-like scenes, tight crops, embedded odd-sized images) with wide corruption, and the residual
+fidelity path (the input's pixels fed into the decoder past the latent, and the N4 image + a
+learned correction blended into the output by a learned gate).
 
-Sized for a 2-core CPU (about 1.5 h of training: 1,500 autoencoder + 6,000 UNet + 3,000 fidelity
-steps, 86 min on the 2-core CI-class machine shared with other work); the shipped weights come from:
+Sized for a 2-core CPU (1,500 autoencoder + 6,000 UNet + 6,000 fidelity steps, about 2 h on the
+2-core CI-class machine); the shipped weights come from:
   mri-jax build-data --config mixed128 --data-dir data
   mri-jax train --config configs/mixed.py --workdir runs/mixed --config.data.data_dir=data
   mri-jax export-weights runs/mixed mri_jax/weights/default
+(They were trained with `--init-from` a finished run of the previous version of this config, which
+differed only in the fidelity path: the new run starts at the fidelity stage with that run's
+autoencoder and UNet, the state a run from scratch has there — tests/train checks the equality.)
 On a GPU, scale it up (a new workdir): --config.train.batch=64 --config.train.ae_steps=20000
 --config.train.diffusion_steps=40000 --config.train.fidelity_steps=20000.
 """
@@ -21,7 +25,8 @@ def get_config(arg=None):
   c.model.fidelity = arg != "no_fidelity"
   c.train.ae_steps = 1_500
   c.train.diffusion_steps = 6_000
-  c.train.fidelity_steps = 3_000 if c.model.fidelity else 0
+  c.model.fidelity_residual = c.model.fidelity
+  c.train.fidelity_steps = 6_000 if c.model.fidelity else 0
   c.train.eval_every = 500
   if arg not in (None, "", "no_fidelity"):
     raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity)")

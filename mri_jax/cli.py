@@ -131,7 +131,7 @@ def _cmd_train(args) -> int:
   cfg = config.load(args.config, args.overrides)
   distributed.initialize(distributed=args.distributed, coordinator=args.coordinator,
                          num_processes=args.num_processes, process_id=args.process_id, timeout=args.init_timeout)
-  result = train.train(cfg, args.workdir, log=lambda m: print(m, flush=True))
+  result = train.train(cfg, args.workdir, log=lambda m: print(m, flush=True), init_from=args.init_from)
   print(f"done: {args.workdir} (final {result['final']})")
   return 0
 
@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
              "  mri-jax train --config configs/default.py --workdir runs/default --config.optimizer.lr=1e-4")
   p.add_argument("--config", required=True, help="config file, optionally with ':arg'")
   p.add_argument("--workdir", required=True, help="run directory (created; resumed when it holds a run)")
+  p.add_argument("--init-from", metavar="RUN",
+                 help="a finished run with the same config except the fidelity path: a new WORKDIR "
+                      "starts at the fidelity stage with RUN's autoencoder and UNet (as a run from "
+                      "scratch would have them), so only the fidelity path is trained")
   g = p.add_argument_group("multi-host (jax.distributed.initialize; run the same command on every host)")
   g.add_argument("--distributed", action="store_true",
                  help="initialise jax.distributed, detecting the cluster (Cloud TPU pod, SLURM, Open MPI)")

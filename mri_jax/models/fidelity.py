@@ -12,6 +12,16 @@ to the decoder's:
 with the fidelity weight w ∈ [0, 1] (w = 0: the plain decoder; w = 1: what training optimised).
 The autoencoder stays frozen; the fidelity network is trained after the UNet (its own stage) with
 L1 + SSIM on (restored latent, corrupted pixels) → clean pairs. Arrays are NHWC.
+
+With `residual` (config `model.fidelity_residual`), the path also owns the output: from the fused
+full-resolution features it predicts a correction Δ of the N4 image and a per-pixel gate g, and
+
+    out = dec + w · g · (n4 + Δ − dec)
+
+(dec: the decoder's image). Where the decoder cannot reproduce what the input shows (fine texture,
+anatomy unlike the training data, an already clean scan) the output follows the N4 image with a
+learned denoising correction, as a residual denoiser (DnCNN) does; where the input is only noise
+(air) or wrong, the decoder's image. The gate starts near 0 (g ≈ 0.12: about the plain path).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mri_jax.models.nets import Autoencoder, ResBlock, _up
+from mri_jax.models.nets import Autoencoder, ResBlock, _groups, _up
 
 PIXEL_INPUTS = 3  # corrupted, N4-corrected, N4 log field
 
@@ -35,8 +45,10 @@ def pixels(corrupted: jax.Array, n4: jax.Array, log_field: jax.Array) -> jax.Arr
 class FidelityNet(nnx.Module):
   """Pixel encoder and per-scale fusion convolutions for an autoencoder with `channels`."""
 
-  def __init__(self, *, channels: Sequence[int], in_channels: int = PIXEL_INPUTS, rngs: nnx.Rngs):
+  def __init__(self, *, channels: Sequence[int], in_channels: int = PIXEL_INPUTS, residual: bool = False,
+               rngs: nnx.Rngs):
     channels = tuple(channels)
+    self.residual = residual
     self.enc_in = nnx.Conv(in_channels, channels[0], (3, 3), rngs=rngs)
     self.enc_blocks = nnx.List([ResBlock(c, c, rngs=rngs) for c in channels])
     self.enc_down = nnx.List([nnx.Conv(a, b, (3, 3), strides=(2, 2), rngs=rngs)
@@ -45,6 +57,12 @@ class FidelityNet(nnx.Module):
     # plain decoder.
     self.fuse = nnx.List([nnx.Conv(2 * c, c, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
                           for c in channels[::-1]])
+    if residual:  # the correction Δ (zero at the start) and the gate's logit (−2 at the start)
+      c = channels[0]
+      self.res_norm = nnx.GroupNorm(c, num_groups=_groups(c), rngs=rngs)
+      self.res_delta = nnx.Conv(c, 1, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
+      self.res_gate = nnx.Conv(c, 1, (3, 3), kernel_init=nnx.initializers.zeros,
+                               bias_init=nnx.initializers.constant(-2.0), rngs=rngs)
 
   def features(self, pixels: jax.Array) -> list[jax.Array]:
     """Features of (B, X, Y, 3) pixel inputs at each decoder scale, coarse to fine."""
@@ -71,4 +89,9 @@ def decode(ae: Autoencoder, fid: FidelityNet | None, z: jax.Array, pixels: jax.A
     h = h + weight * fid.fuse[i](jnp.concatenate([h, feats[i]], axis=-1))
     if i < len(ae.dec_up):
       h = ae.dec_up[i](_up(h))
-  return ae.dec_out(nnx.silu(ae.dec_norm(h)))
+  out = ae.dec_out(nnx.silu(ae.dec_norm(h)))
+  if not fid.residual:
+    return out
+  r = nnx.silu(fid.res_norm(h))
+  gate = jax.nn.sigmoid(fid.res_gate(r))
+  return out + weight * gate * (pixels[..., 1:2] + fid.res_delta(r) - out)

@@ -76,6 +76,12 @@ def has_fidelity(cfg) -> bool:
   return bool(cfg.model.get("fidelity", False)) and cfg.model.space == "latent"
 
 
+def fidelity_residual(cfg) -> bool:
+  """Whether the fidelity path also blends the N4 image + a learned correction into the output
+  (`model.fidelity_residual`; models before it had none)."""
+  return has_fidelity(cfg) and bool(cfg.model.get("fidelity_residual", False))
+
+
 def default_fidelity_weight(cfg) -> float:
   """The model's default fidelity weight w (1: what its training optimised)."""
   return float(cfg.model.get("fidelity_weight", 1.0))
@@ -94,7 +100,8 @@ def build_networks(cfg, seed: int) -> tuple[Autoencoder | None, UNet, fidelity.F
               channels=tuple(cfg.model.unet_channels), emb=cfg.model.emb, rngs=rngs)
   fid = None
   if has_fidelity(cfg):
-    fid = fidelity.FidelityNet(channels=tuple(cfg.model.ae_channels), rngs=nnx.Rngs(seed + 1_000_003))
+    fid = fidelity.FidelityNet(channels=tuple(cfg.model.ae_channels), residual=fidelity_residual(cfg),
+                               rngs=nnx.Rngs(seed + 1_000_003))
   return ae, unet, fid
 
 

@@ -222,14 +222,57 @@ def restore_batch(setup: Setup, state: TrainState, batch: dict, key: jax.Array, 
   return setup.restorer.restore(params, corrupted, n4, log_field, key, k=k, stochastic_eta=stochastic_eta)
 
 
+# What a run given to `init_from` must share with the new config (everything its first two stages
+# depend on); the fidelity path's own settings and the logging ones may differ.
+_SHARED_STAGES = ("seed", "data.name", "data.process_sharding", "schedule", "optimizer", "loss",
+                  "train.ae_steps", "train.diffusion_steps", "train.batch", "train.ema", "train.compute_dtype")
+
+
+def _start_from_run(cfg, state: TrainState, step: int, run, it) -> tuple[TrainState, int]:
+  """(state at global step `step` — the end of the UNet stage — with `run`'s autoencoder and UNet,
+  `step`); advances the data iterator `it` by `step` batches."""
+  run = Path(run)
+  src = checkpoints.read_config(run)
+
+  def pick(c, name):
+    for part in name.split("."):
+      c = c.get(part) if hasattr(c, "get") else None
+    return c.to_dict() if hasattr(c, "to_dict") else c
+
+  names = list(_SHARED_STAGES) + [f"model.{k}" for k in cfg.model if not k.startswith("fidelity")]
+  differ = [n for n in names if json.dumps(pick(src, n), sort_keys=True, default=list)
+            != json.dumps(pick(cfg, n), sort_keys=True, default=list)]
+  if differ:
+    raise UserInputError(f"--init-from '{run}': its config differs from this one in {', '.join(differ)} "
+                         "(only the fidelity path's settings may differ)")
+  have = checkpoints.latest_step(run)
+  if have is None or have < step:
+    raise UserInputError(f"--init-from '{run}': it has no checkpoint past its UNet stage (step {step}; "
+                         f"latest {have})")
+  c = checkpoints.Checkpointer(run / "checkpoints")
+  try:
+    named = c.restore_named(have)
+  finally:
+    c.close()
+  fields = {f: checkpoints.from_named(getattr(state, f), named.get(f, {}), f"--init-from '{run}'")
+            for f in ("ae", "opt_ae", "unet", "ema_unet", "opt_unet") if getattr(state, f) is not None}
+  for _ in range(step):  # the data position a run from scratch has at `step`
+    next(it)
+  return state.replace(step=jnp.asarray(step, jnp.int32), **fields), step
+
+
 def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = None, log=print,
-          devices=None) -> dict:
+          devices=None, init_from=None) -> dict:
   """Trains (or resumes) the configured run in `workdir`; returns the final metrics.
 
   Args:
     stop_after: stop (after checkpointing) once this global step is reached — for tests that
       emulate a killed run.
     devices: devices of the data mesh (default: all devices of all processes).
+    init_from: a finished run's workdir whose autoencoder and UNet stages this config repeats
+      (same seed, data, networks, schedule, optimiser and step counts; only the fidelity path may
+      differ): a new `workdir` starts at the fidelity stage with its weights and the data position
+      it would have reached — the state a run from scratch has there, without retraining them.
 
   Returns:
     {"final": last logged metrics, "history": logged rows, "state": TrainState, "setup": Setup}.
@@ -285,7 +328,10 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
 
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep, every=cfg.train.checkpoint_every)
   start = ckpt.latest_step() or 0
-  if start:
+  if init_from is not None and not start:
+    state, start = _start_from_run(cfg, state, ends["diffusion"], init_from, it)
+    log(f"started at step {start} with the autoencoder and UNet of {init_from}")
+  elif start:
     state = ckpt.restore(start, state, data_iterator=it)
     if lead:
       writers.truncate_log(workdir, start)  # steps logged after that checkpoint are logged again

@@ -48,6 +48,30 @@ def test_fidelity_weight_zero_is_the_plain_decoder():
   assert isinstance(r.fidelity_net(params["fid"]), nnx.Module)
 
 
+
+def test_residual_path_blends_the_n4_image_by_its_gate():
+  """out = dec + w·g·(n4 + Δ − dec): w = 0 is the plain decoder; a gate of 1 with Δ = 0 returns
+  the N4 image exactly (a clean scan can pass through untouched); at the start g = sigmoid(−2)."""
+  cfg = config.load("tiny.py:fidelity", ["--config.model.fidelity_residual=True"])
+  r = R.Restorer.from_config(cfg)
+  params = r.init_params(0)
+  params["fid"] = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params["fid"])
+  x = jax.random.uniform(jax.random.key(2), (2, 16, 16, 1), minval=0.5, maxval=1.5)
+  n4 = x * 1.1
+  log_field = jnp.zeros_like(x)
+  key = jax.random.key(3)
+  ref = r.restore(dict(params, fid=None), x, n4, log_field, key)
+  np.testing.assert_allclose(r.restore(params, x, n4, log_field, key, fidelity_weight=0.0), ref, atol=1e-6)
+  opened = jax.tree.map(lambda a: a, params)  # gate fully open (bias +40), no correction
+  opened["fid"]["res_gate"]["kernel"] = jnp.zeros_like(params["fid"]["res_gate"]["kernel"])
+  opened["fid"]["res_gate"]["bias"] = jnp.full_like(params["fid"]["res_gate"]["bias"], 40.0)
+  opened["fid"]["res_delta"]["kernel"] = jnp.zeros_like(params["fid"]["res_delta"]["kernel"])
+  opened["fid"]["res_delta"]["bias"] = jnp.zeros_like(params["fid"]["res_delta"]["bias"])
+  np.testing.assert_allclose(r.restore(opened, x, n4, log_field, key), n4[..., 0], atol=1e-5)
+  init = r.init_params(0)["fid"]
+  assert float(init["res_gate"]["bias"][0]) == -2.0 and not np.any(init["res_delta"]["kernel"])
+  assert not R.fidelity_residual(config.load("tiny.py:fidelity"))
+
 def test_bucket_shapes_and_padding_to_a_target():
   assert R.bucket_shape((37, 50), 16) == (48, 64)
   assert R.bucket_shape((197, 233), 16) == (208, 240)

@@ -167,6 +167,24 @@ def test_fidelity_stage_trains_the_path_only_and_exports(tiny_dataset, tmp_path)
   for a, b in zip(ae_after, jax.tree.leaves(run_ae.ae)):  # the fidelity stage leaves the autoencoder alone
     np.testing.assert_array_equal(a, np.asarray(b))
   assert jax.tree.structure(init.fid) == jax.tree.structure(state.fid)
+
+  # --init-from: the residual path trained on the plain run's autoencoder and UNet ends with the
+  # weights a residual run from scratch gets (the first two stages are not repeated)
+  residual = ["--config.model.fidelity_residual=True"]
+  opts = [f"--config.data.data_dir={data_dir}", "--config.train.ae_steps=3", "--config.train.diffusion_steps=3",
+          "--config.train.fidelity_steps=4", "--config.train.log_every=1", "--config.train.eval_every=0"]
+  scratch = train.train(config.load("tiny.py:fidelity", opts + residual), tmp_path / "res", log=lambda m: None)
+  logs = []
+  warm = train.train(config.load("tiny.py:fidelity", opts + residual), tmp_path / "res_warm", log=logs.append,
+                     init_from=tmp_path / "no_fid")
+  assert any("started at step 6" in m for m in logs)
+  assert [r["stage"] for r in warm["history"]] == ["fidelity"] * 4
+  for a, b in zip(jax.tree.leaves(scratch["state"]), jax.tree.leaves(warm["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert np.abs(np.asarray(warm["state"].fid["res_gate"]["kernel"])).max() > 0
+  with pytest.raises(UserInputError, match="train.ae_steps"):
+    train.train(config.load("tiny.py:fidelity", opts + residual + ["--config.train.ae_steps=4"]),
+                tmp_path / "res_bad", log=lambda m: None, init_from=tmp_path / "no_fid")
   restore.export_weights(tmp_path / "run", tmp_path / "export")
   a, b = restore.load_model(tmp_path / "run"), restore.load_model(tmp_path / "export")
   assert b.params["fid"] is not None
