@@ -1,5 +1,5 @@
 """The larger restorer for one GPU in 10 minutes: mixed data made on the device, wide corruption,
-the fidelity path. Trained by one script that needs only jax, flax, optax, orbax, chex, numpy and
+the residual fidelity path. Trained by one script that needs only jax, flax, optax, orbax, chex, numpy and
 scipy plus the carried files in `benchmarks/gpu_assets/` (see `benchmarks/gpu_recipe.py`):
   python benchmarks/gpu_recipe.py --out $OUT               (one GPU: about 8 minutes in all)
   python benchmarks/gpu_recipe.py --tiny --out /tmp/gpu_tiny   (CPU smoke run: `gpu.py:tiny`)
@@ -57,6 +57,7 @@ def get_config(arg=None):
   c.model.unet_channels = (48, 96, 192)
   c.model.emb = 128
   c.model.fidelity = True
+  c.model.fidelity_residual = True
   c.optimizer.lr = 1e-3
   c.optimizer.warmup = 200
   c.train.batch = 64
