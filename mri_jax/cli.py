@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--init-from", metavar="RUN",
                  help="a finished run with the same config except the fidelity path: a new WORKDIR "
                       "starts at the fidelity stage with RUN's autoencoder and UNet (as a run from "
-                      "scratch would have them), so only the fidelity path is trained")
+                      "scratch would have them), so only the fidelity path is trained (multi-host: RUN on "
+                      "storage every host reads)")
   g = p.add_argument_group("multi-host (jax.distributed.initialize; run the same command on every host)")
   g.add_argument("--distributed", action="store_true",
                  help="initialise jax.distributed, detecting the cluster (Cloud TPU pod, SLURM, Open MPI)")

@@ -21,7 +21,8 @@ full-resolution features it predicts a correction Δ of the N4 image and a per-p
 (dec: the decoder's image). Where the decoder cannot reproduce what the input shows (fine texture,
 anatomy unlike the training data, an already clean scan) the output follows the N4 image with a
 learned denoising correction, as a residual denoiser (DnCNN) does; where the input is only noise
-(air) or wrong, the decoder's image. The gate starts near 0 (g ≈ 0.12: about the plain path).
+(air) or wrong, the decoder's image. The gate starts low (g = sigmoid(−2) ≈ 0.12 with Δ = 0:
+12 % of the way from the plain decoder's image towards the N4 image).
 """
 
 from __future__ import annotations

@@ -223,15 +223,25 @@ def restore_batch(setup: Setup, state: TrainState, batch: dict, key: jax.Array, 
 
 
 # What a run given to `init_from` must share with the new config (everything its first two stages
-# depend on); the fidelity path's own settings and the logging ones may differ.
+# depend on); the fidelity path's own settings, N4's iterations (used at inference only: training
+# reads N4 images from the records), data_dir, logging and checkpointing may differ.
 _SHARED_STAGES = ("seed", "data.name", "data.process_sharding", "schedule", "optimizer", "loss",
                   "train.ae_steps", "train.diffusion_steps", "train.batch", "train.ema", "train.compute_dtype")
+_NOT_SHARED_MODEL = ("n4_iterations",)
 
 
-def _start_from_run(cfg, state: TrainState, step: int, run, it) -> tuple[TrainState, int]:
-  """(state at global step `step` — the end of the UNet stage — with `run`'s autoencoder and UNet,
-  `step`); advances the data iterator `it` by `step` batches."""
+def _unet_end(cfg) -> int:
+  """The global step at which the UNet stage ends."""
+  return (int(cfg.train.ae_steps) if cfg.model.space == "latent" else 0) + int(cfg.train.diffusion_steps)
+
+
+def _check_init_from(cfg, run) -> Path:
+  """Refuses (one line) an `init_from` run this config cannot start from; nothing is read but
+  RUN's config.json and its checkpoint steps."""
   run = Path(run)
+  if not fidelity_steps(cfg):
+    raise UserInputError("--init-from starts the fidelity stage, but this config has none "
+                         "(model.fidelity off or train.fidelity_steps 0)")
   src = checkpoints.read_config(run)
 
   def pick(c, name):
@@ -239,26 +249,35 @@ def _start_from_run(cfg, state: TrainState, step: int, run, it) -> tuple[TrainSt
       c = c.get(part) if hasattr(c, "get") else None
     return c.to_dict() if hasattr(c, "to_dict") else c
 
-  names = list(_SHARED_STAGES) + [f"model.{k}" for k in cfg.model if not k.startswith("fidelity")]
+  names = list(_SHARED_STAGES) + [f"model.{k}" for k in cfg.model
+                                  if not k.startswith("fidelity") and k not in _NOT_SHARED_MODEL]
   differ = [n for n in names if json.dumps(pick(src, n), sort_keys=True, default=list)
             != json.dumps(pick(cfg, n), sort_keys=True, default=list)]
   if differ:
     raise UserInputError(f"--init-from '{run}': its config differs from this one in {', '.join(differ)} "
                          "(only the fidelity path's settings may differ)")
+  step = _unet_end(cfg)
   have = checkpoints.latest_step(run)
   if have is None or have < step:
     raise UserInputError(f"--init-from '{run}': it has no checkpoint past its UNet stage (step {step}; "
                          f"latest {have})")
+  return run
+
+
+def _start_from_run(state: TrainState, step: int, run: Path, it) -> TrainState:
+  """The state at global step `step` (the end of the UNet stage) with `run`'s autoencoder and UNet
+  (its latest checkpoint: the fidelity stage changes neither); advances the data iterator `it` by
+  `step` batches, to the position a run from scratch has there."""
   c = checkpoints.Checkpointer(run / "checkpoints")
   try:
-    named = c.restore_named(have)
+    named = c.restore_named(c.latest_step())
   finally:
     c.close()
   fields = {f: checkpoints.from_named(getattr(state, f), named.get(f, {}), f"--init-from '{run}'")
             for f in ("ae", "opt_ae", "unet", "ema_unet", "opt_unet") if getattr(state, f) is not None}
-  for _ in range(step):  # the data position a run from scratch has at `step`
+  for _ in range(step):
     next(it)
-  return state.replace(step=jnp.asarray(step, jnp.int32), **fields), step
+  return state.replace(step=jnp.asarray(step, jnp.int32), **fields)
 
 
 def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = None, log=print,
@@ -303,6 +322,8 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
     except Exception as err:
       raise UserInputError(f"dataset {cfg.data.name} has no validation split ({type(err).__name__}); "
                            "set --config.train.eval_every=0 to train without validation") from None
+  if init_from is not None:
+    init_from = _check_init_from(cfg, init_from)
   writers.check_workdir(json.loads(cfg.to_json_best_effort()), workdir, write=lead)
 
   # ---- data, networks, state (resumed from the latest checkpoint)
@@ -329,9 +350,15 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep, every=cfg.train.checkpoint_every)
   start = ckpt.latest_step() or 0
   if init_from is not None and not start:
-    state, start = _start_from_run(cfg, state, ends["diffusion"], init_from, it)
+    start = ends["diffusion"]
+    state = _start_from_run(state, start, init_from, it)
+    ckpt.save(start, state, data_iterator=it)  # a restart without --init-from resumes here
+    if lead:
+      writers.truncate_log(workdir, start)
     log(f"started at step {start} with the autoencoder and UNet of {init_from}")
   elif start:
+    if init_from is not None:
+      log(f"--init-from ignored: {workdir} already holds a run (resuming it)")
     state = ckpt.restore(start, state, data_iterator=it)
     if lead:
       writers.truncate_log(workdir, start)  # steps logged after that checkpoint are logged again

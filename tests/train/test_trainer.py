@@ -182,9 +182,21 @@ def test_fidelity_stage_trains_the_path_only_and_exports(tiny_dataset, tmp_path)
   for a, b in zip(jax.tree.leaves(scratch["state"]), jax.tree.leaves(warm["state"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert np.abs(np.asarray(warm["state"].fid["res_gate"]["kernel"])).max() > 0
+  # killed right after starting: it checkpointed at the start, so a restart without --init-from
+  # resumes the fidelity stage and ends with the same weights
+  train.train(config.load("tiny.py:fidelity", opts + residual), tmp_path / "res_killed", log=lambda m: None,
+              init_from=tmp_path / "no_fid", stop_after=7)
+  resumed = train.train(config.load("tiny.py:fidelity", opts + residual), tmp_path / "res_killed", log=lambda m: None)
+  assert [r["stage"] for r in resumed["history"]] == ["fidelity"] * 3
+  for a, b in zip(jax.tree.leaves(scratch["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(UserInputError, match="train.ae_steps"):
     train.train(config.load("tiny.py:fidelity", opts + residual + ["--config.train.ae_steps=4"]),
                 tmp_path / "res_bad", log=lambda m: None, init_from=tmp_path / "no_fid")
+  with pytest.raises(UserInputError, match="has none"):
+    train.train(config.load("tiny.py:fidelity", opts + ["--config.train.fidelity_steps=0"]),
+                tmp_path / "res_bad", log=lambda m: None, init_from=tmp_path / "no_fid")
+  assert not (tmp_path / "res_bad").exists()  # refused before anything is written
   restore.export_weights(tmp_path / "run", tmp_path / "export")
   a, b = restore.load_model(tmp_path / "run"), restore.load_model(tmp_path / "export")
   assert b.params["fid"] is not None
