@@ -83,7 +83,7 @@ def speed(model, log=print) -> dict:
   t_vol = best_of(lambda: restore.restore_array(vol, model), n=1)
   t_vol_n4 = best_of(lambda: n4.n4_sitk(vol, settings=n4.N4Settings(shrink=4)), n=1)
   counts = res.mask.reshape(-1, res.mask.shape[-1]).sum(axis=0)  # the slices with anatomy (restore's rule)
-  restored_slices = int((counts >= max(restore.MIN_FOREGROUND, restore.PASS_THROUGH_FRACTION * counts.max())).sum())
+  restored_slices = int(restore.anatomy_slices(counts).sum())
   return {"slice_restorer_s": t_restore, "slice_network_s": t_net, "slice_sitk_n4_s": t_n4, "slice_dipy_nlm_s": t_nlm,
           "slice_speedup_vs_n4_nlm": (t_n4 + t_nlm) / t_restore, "slice_speedup_vs_n4": t_n4 / t_restore,
           "volume_restorer_s": t_vol, "volume_sitk_n4_s": t_vol_n4, "volume_speedup_vs_n4": t_vol_n4 / t_vol,

@@ -83,6 +83,12 @@ DEFAULT_LOWFREQ = 1.0
 DEFAULT_NOISE_CLAMP = 1.0
 
 
+def anatomy_slices(counts: np.ndarray) -> np.ndarray:
+  """(N,) bool: the slices restored, from their (N,) foreground voxel counts; the others (the caps
+  of a volume) have under MIN_FOREGROUND voxels or under PASS_THROUGH_FRACTION of the fullest's."""
+  return counts >= max(MIN_FOREGROUND, PASS_THROUGH_FRACTION * counts.max())
+
+
 @dataclasses.dataclass
 class Model:
   """A restorer ready to run: its config, networks (`Restorer`) and weights {"ae", "unet" (EMA), "fid"}."""
@@ -421,7 +427,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   counts = mask.reshape(len(slices), -1).sum(axis=1)
   # Slices with (almost) no anatomy — the caps of a volume — were never in training: pass them
   # through, and never send them through N4 or the network.
-  anatomy = counts >= max(MIN_FOREGROUND, PASS_THROUGH_FRACTION * counts.max())
+  anatomy = anatomy_slices(counts)
   idx = np.flatnonzero(anatomy)
   if not len(idx):
     raise UserInputError(f"too little foreground to restore: {int(counts.max())} voxels above Otsu's threshold in "

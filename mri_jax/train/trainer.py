@@ -235,9 +235,9 @@ def _unet_end(cfg) -> int:
   return (int(cfg.train.ae_steps) if cfg.model.space == "latent" else 0) + int(cfg.train.diffusion_steps)
 
 
-def _check_init_from(cfg, run) -> Path:
-  """Refuses (one line) an `init_from` run this config cannot start from; nothing is read but
-  RUN's config.json and its checkpoint steps."""
+def _check_init_from(cfg, run) -> tuple[Path, int]:
+  """(RUN, its latest checkpoint step), or refuses (one line) a run this config cannot start from;
+  nothing is read but RUN's config.json and its checkpoint steps."""
   run = Path(run)
   if not fidelity_steps(cfg):
     raise UserInputError("--init-from starts the fidelity stage, but this config has none "
@@ -261,16 +261,16 @@ def _check_init_from(cfg, run) -> Path:
   if have is None or have < step:
     raise UserInputError(f"--init-from '{run}': it has no checkpoint past its UNet stage (step {step}; "
                          f"latest {have})")
-  return run
+  return run, have
 
 
-def _start_from_run(state: TrainState, step: int, run: Path, it) -> TrainState:
-  """The state at global step `step` (the end of the UNet stage) with `run`'s autoencoder and UNet
-  (its latest checkpoint: the fidelity stage changes neither); advances the data iterator `it` by
-  `step` batches, to the position a run from scratch has there."""
+def _start_from_run(state: TrainState, step: int, run: Path, run_step: int, it) -> TrainState:
+  """The state at global step `step` (the end of the UNet stage) with the autoencoder and UNet of
+  `run`'s checkpoint `run_step` (≥ `step`: the fidelity stage changes neither); advances the data
+  iterator `it` by `step` batches, to the position a run from scratch has there."""
   c = checkpoints.Checkpointer(run / "checkpoints")
   try:
-    named = c.restore_named(c.latest_step())
+    named = c.restore_named(run_step)
   finally:
     c.close()
   fields = {f: checkpoints.from_named(getattr(state, f), named.get(f, {}), f"--init-from '{run}'")
@@ -323,7 +323,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       raise UserInputError(f"dataset {cfg.data.name} has no validation split ({type(err).__name__}); "
                            "set --config.train.eval_every=0 to train without validation") from None
   if init_from is not None:
-    init_from = _check_init_from(cfg, init_from)
+    init_from, init_step = _check_init_from(cfg, init_from)
   writers.check_workdir(json.loads(cfg.to_json_best_effort()), workdir, write=lead)
 
   # ---- data, networks, state (resumed from the latest checkpoint)
@@ -351,7 +351,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   start = ckpt.latest_step() or 0
   if init_from is not None and not start:
     start = ends["diffusion"]
-    state = _start_from_run(state, start, init_from, it)
+    state = _start_from_run(state, start, init_from, init_step, it)
     ckpt.save(start, state, data_iterator=it)  # a restart without --init-from resumes here
     if lead:
       writers.truncate_log(workdir, start)
