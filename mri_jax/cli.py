@@ -150,7 +150,8 @@ def _cmd_ablations(args) -> int:
 
 def _restore_options(args) -> dict:
   return dict(steps=args.steps, seed=args.seed, n4=args.n4, n4_mode=args.n4_mode, batch_size=args.batch_size,
-              axis=args.axis, fidelity=args.fidelity, lowfreq=args.lowfreq, noise_clamp=args.noise_clamp)
+              axis=args.axis, fidelity=args.fidelity, lowfreq=args.lowfreq, noise_clamp=args.noise_clamp,
+              blend=args.blend)
 
 
 def _cmd_restore(args) -> int:
@@ -173,6 +174,14 @@ def _cmd_restore(args) -> int:
         f"{s['seconds']['total']:.2f} s; model {s['model']})" + "".join(f" and {p}" for p in extra))
   print(f"consistency: residual energy {c['energy']:.2f} × noise (median over slices), structure "
         f"{c['structure']:.2f} (max {c['max_structure']:.2f}; noise-like ≈ 1)")
+  if s["blend"] is not None:
+    b = s["blend"]
+    names = ([f"content coarser than {b['bands'][0]:g} px"] + [f"{lo:g}–{hi:g} px" for lo, hi in
+             zip(b["bands"][:-1], b["bands"][1:])] + ["finer"]) if b["bands"] else ["all"]
+    parts = [f"{m:.2f} ({name}" + (f"; slices {lo:.2f}–{hi:.2f})" if hi > lo else ")")
+             for name, m, lo, hi in zip(names, b["median"], b["min"], b["max"])]
+    print("SURE blend: share of the network's change to the N4-corrected input kept, α = " + ", ".join(parts)
+          + " (1 = all, 0 = the N4-corrected input)")
   if c["flagged"]:
     shown = ", ".join(map(str, c["flagged"][:12])) + (" …" if len(c["flagged"]) > 12 else "")
     print(f"warning: on {len(c['flagged'])} slice(s) ({shown}) the output departs from the input beyond noise "
@@ -421,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="the output stays within K noise σ (estimated from the input) of the N4-corrected input at "
                       "every voxel: noise is removed, anatomy cannot be erased or invented beyond what noise "
                       "explains; 0 = off; default %(default)s")
+  p.add_argument("--no-blend", dest="blend", action="store_false", default=rd["blend"],
+                 help="turn off the SURE blend (on by default): the output is the N4-corrected input + α × (the "
+                      "network's output − it), one α in [0, 1] per band (coarser / finer than 1 px) and slice (per "
+                      "volume with a 3-D N4), chosen from the input alone by Stein's unbiased risk estimate, so "
+                      "where the network would do worse than the input α falls towards 0; costs one more "
+                      "network pass (for a volume, on 16 slices)")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative N4 field used")
   p.add_argument("--save-residual", metavar="F",
                  help="also write the consistency residual (input − field × restored) / σ̂: noise-like where "

@@ -222,7 +222,7 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
 
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
                  fidelity: float | None = None, lowfreq: float | None = None, independent: bool = False,
-                 noise_clamp: float | None = None):
+                 noise_clamp: float | None = None, blend: bool | None = None):
   """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
   measured after a warm-up call (compilation) when `timed`."""
   from mri_jax import restore
@@ -233,6 +233,8 @@ def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size
     kw["lowfreq"] = lowfreq
   if noise_clamp is not None:
     kw["noise_clamp"] = noise_clamp
+  if blend is not None:
+    kw["blend"] = blend
   if timed:
     restore.restore_array(images[:batch_size], model, **kw)
   res = restore.restore_array(images, model, **kw)
@@ -300,16 +302,20 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
+  log(f"[{ts.name}] restorer without the SURE blend (noise clamp K = 1, the previous default)...")
+  outputs["restorer K = 1, no SURE blend, noise clamp K = 1"] = run_restorer(
+      model, ts.corrupted, 1, seed=seed, blend=False, noise_clamp=1.0, independent=not ts.group)
   log(f"[{ts.name}] restorer without the noise clamp...")
-  outputs["restorer K = 1, no noise clamp"] = run_restorer(model, ts.corrupted, 1, seed=seed, noise_clamp=0.0,
-                                                           independent=not ts.group)
-  log(f"[{ts.name}] restorer without the low-frequency fix and the clamp...")
-  outputs["restorer K = 1, no low-frequency fix, no clamp (the network alone)"] = run_restorer(
-      model, ts.corrupted, 1, seed=seed, lowfreq=0.0, noise_clamp=0.0, independent=not ts.group)
+  outputs["restorer K = 1, SURE blend, no noise clamp"] = run_restorer(model, ts.corrupted, 1, seed=seed,
+                                                                      noise_clamp=0.0, independent=not ts.group)
+  log(f"[{ts.name}] restorer without the low-frequency fix, the blend and the clamp...")
+  outputs["restorer K = 1, no low-frequency fix, no blend, no clamp (the network alone)"] = run_restorer(
+      model, ts.corrupted, 1, seed=seed, lowfreq=0.0, noise_clamp=0.0, blend=False, independent=not ts.group)
   if model.params.get("fid") is not None:
     log(f"[{ts.name}] restorer without its fidelity path (w = 0) and the fidelity ceiling...")
-    outputs["restorer K = 1, fidelity w = 0 (plain decoder), no low-frequency fix, no clamp"] = run_restorer(
-        model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0, noise_clamp=0.0, independent=not ts.group)
+    outputs["restorer K = 1, fidelity w = 0 (plain decoder), no low-frequency fix, no blend, no clamp"] = run_restorer(
+        model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0, noise_clamp=0.0, blend=False,
+        independent=not ts.group)
     outputs["decoder(clean latent) + fidelity path of the input: ceiling"] = (fidelity_ceiling(model, ts), 0.0)
   rows = []
   base = None

@@ -72,7 +72,13 @@ def test_restore_3d_anisotropic_auto_axis_save_field_and_determinism(subject, tm
   assert outs[0].read_bytes() == outs[1].read_bytes()
   f = np.asarray(nib.load(str(field)).dataobj)
   assert f.shape == vol.shape and f.min() > 0 and np.all(np.isfinite(f))
-  assert "consistency: residual energy" in stdout
+  assert "consistency: residual energy" in stdout and "SURE blend: share of the network" in stdout
+  # --no-blend: the network's output with the noise clamp only, and no blend line
+  code, stdout, _ = run_cli(["restore", str(inp), str(tmp_path / "nb.nii.gz"), "--quiet", "--batch-size", "3",
+                             "--seed", "5", "--no-blend"], capsys)
+  assert code == 0 and "SURE blend" not in stdout
+  assert not np.array_equal(np.asarray(nib.load(str(tmp_path / "nb.nii.gz")).dataobj),
+                            np.asarray(nib.load(str(outs[0])).dataobj))
 
 
 def test_restore_writes_residual_and_uncertainty_maps(subject, tmp_path, capsys):
@@ -259,3 +265,54 @@ def test_too_little_foreground_is_a_user_error():
   img[10:16, 10:16] = 5.0  # 36 foreground voxels: nothing the model can restore
   with pytest.raises(UserInputError, match="too little foreground"):
     restore.restore_array(img)
+
+
+@pytest.mark.parametrize("noise, blur", [(12.0, 1.5), (1.0, 4.0)])
+def test_sure_blend_picks_the_weight_that_minimises_the_true_error(noise, blur, monkeypatch):
+  """A "network" that is a Gaussian blur (divergence known exactly): the blend's α, computed from the
+  noisy input alone, lands near the α that minimises the error against the (unseen) truth, and the
+  blend is never worse than both the input and the blur. Strong noise: the blur helps, α is large;
+  weak noise and a heavy blur that erases the texture: α falls towards 0 (the input)."""
+  from scipy import ndimage
+
+  from mri_jax.models import restorer as R
+
+  rng = np.random.default_rng(0)
+  xx, yy = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+  truth = np.zeros((2, 64, 64), np.float32)
+  truth[:, 6:58, 6:58] = 100.0 + 30.0 * np.sin(xx[6:58, 6:58] / 2.0) * np.cos(yy[6:58, 6:58] / 3.0)
+  mask = truth > 0
+  inputs = (truth + rng.normal(0, noise, truth.shape) * mask).astype(np.float32)
+  ones = np.ones_like(truth)
+  prep = R.prepare_slices(inputs, mask, 16, n4_backend="none", scale=np.ones(2))
+
+  def network(batches, corrupted, n4_img, desc=""):
+    rows = np.concatenate([np.arange(i * 2, i * 2 + 2) for i in batches])
+    return np.stack([ndimage.gaussian_filter(n4_img[i], blur) for i in rows])
+
+  restored = np.maximum(network([0], prep.corrupted, prep.n4)[prep.crop], 0.0)
+  mse = lambda x: float(np.mean((x - truth)[mask] ** 2))
+  # the shipped two bands: a weight per band, never worse than the one-weight blend's best
+  out2, alphas2 = restore._sure_blend(restored, inputs, np.ones(2), inputs, ones, mask, np.ones_like(mask), prep,
+                                      network, 2, lowfreq=None, one_weight=False, seed=0)
+  assert alphas2.shape == (2, len(restore.BLEND_BANDS) + 1)
+  monkeypatch.setattr(restore, "BLEND_BANDS", ())
+  out, alphas = restore._sure_blend(restored, inputs, np.ones(2), inputs, ones, mask, np.ones_like(mask), prep,
+                                    network, 2, lowfreq=None, one_weight=False, seed=0)
+  assert alphas.shape == (2, 1) and np.all((alphas >= 0) & (alphas <= 1))
+  alphas = alphas[:, 0]
+  grid = np.linspace(0, 1, 101)
+  errors = [mse(inputs + a * (restored - inputs)) for a in grid]
+  best = grid[int(np.argmin(errors))]
+  assert np.all(np.abs(alphas - best) < 0.12), (alphas, best)
+  assert mse(out) <= 1.05 * min(errors), (mse(out), min(errors))
+  assert mse(out) <= min(mse(inputs), mse(restored)) * 1.02
+  assert mse(out2) <= 1.02 * min(errors), (mse(out2), min(errors))
+  if noise > 5:
+    assert alphas.min() > 0.35
+  else:
+    assert alphas.max() < 0.3
+  # one weight for a volume: the same α on every slice, from the pooled sums
+  _, one = restore._sure_blend(restored, inputs, np.ones(2), inputs, ones, mask, np.ones_like(mask), prep,
+                               network, 2, lowfreq=None, one_weight=True, seed=0)
+  assert one[0, 0] == one[1, 0] and abs(one[0, 0] - best) < 0.12
