@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "network's output − it), one α in [0, 1] per band (coarser / finer than 1 px) and slice (per "
                       "volume with a 3-D N4), chosen from the input alone by Stein's unbiased risk estimate, so "
                       "where the network would do worse than the input α falls towards 0; costs one more "
-                      "network pass (for a volume, on 16 slices)")
+                      "network pass (for a volume with a 3-D N4, on the --batch-size slices around its middle)")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative N4 field used")
   p.add_argument("--save-residual", metavar="F",
                  help="also write the consistency residual (input − field × restored) / σ̂: noise-like where "

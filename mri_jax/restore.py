@@ -30,7 +30,8 @@ How an image goes through (the same preparation the training slices had):
    correction: no slice-to-slice banding); the SURE blend (`blend`, default on) then keeps, in the
    tissue (the non-air foreground grown by 2 voxels), the fraction α of the network's change to
    the N4-corrected input that minimises Stein's unbiased estimate of the error (`_sure_blend`:
-   one more network pass with a small noise probe; α per slice, one α per volume with a 3-D N4),
+   one more network pass with a small noise probe; one α per band of the change, coarser / finer
+   than 1 px; per slice, or per volume with a 3-D N4),
    so where the network would do worse than its input, the output falls back towards the input;
    the noise clamp (`noise_clamp`, default 2) keeps every tissue voxel within k noise σ of the
    N4-corrected input; in the air beyond, the network may remove the noise entirely. The physics
@@ -85,9 +86,10 @@ DEFAULT_LOWFREQ = 1.0
 # Re-checked on the residual model (at 2,000 of its 6,000 fidelity steps; real-scan set with seed 0,
 # k = 0 / 1 / 2): simulator 0.846 / 0.870 / 0.855, independent 0.858 / 0.888 / 0.870, clean 0.894 / 0.947 (k 0 / 1).
 # Since the SURE blend (on by default) the clamp acts after it, as a safety rail, at k = 2: on the
-# real-scan set (seed 0, 4 slices per group, shipped residual model) blend + k = 0 / 2 gave SSIM
-# simulator 0.895 / 0.895, independent 0.921 / 0.921, clean scans 0.970 / 0.970 (the blend alone
-# rarely leaves 2σ), against 0.874 / 0.896 / 0.949 for the previous default (no blend, k = 1).
+# real-scan set (seed 0, 4 slices per group, shipped residual model) a one-band blend + k = 0 / 2
+# gave SSIM simulator 0.895 / 0.895, independent 0.921 / 0.921, clean scans 0.970 / 0.970 (the
+# blend alone rarely leaves 2σ); the shipped two bands + k = 2 0.894 / 0.921 / 0.969; the previous
+# default (no blend, k = 1) 0.874 / 0.896 / 0.949.
 DEFAULT_NOISE_CLAMP = 2.0
 DEFAULT_BLEND = True
 
@@ -322,25 +324,34 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
 
   σᵢ the noise σ of r at voxel i (the input's robust σ ÷ field × factor). The divergences come
   from one more network pass on the input plus a small Gaussian probe b (size δ = BLEND_EPS σ):
-  σᵢ² ∂cₖᵢ/∂rᵢ ≈ σ² (factor/field)ᵢ bᵢ Δcₖᵢ / δ, Δc the change of c under the probe. The
-  expected error of the blend is never above that of the N4 image (α = 0) or of the network
-  (α = 1), up to the estimate's own error — and it needs no clean image. Voxels outside `tissue`
-  (the air) keep the network's output, with a smooth transition. `one_weight`: one α per band for
-  the whole volume, estimated on its middle batch of slices (the volume's 3-D N4), else per slice
-  with every batch probed. `network(batches, corrupted, n4)` reruns the network on prepared
-  inputs; `batch` is its batch size."""
+  σᵢ² ∂cₖᵢ/∂rᵢ ≈ σ² (factor/field)ᵢ bᵢ Δcₖᵢ / δ, Δc the change of c under the probe. Under
+  that noise model (white Gaussian noise of one σ per slice), the blend's expected error is never
+  above that of the N4 image (α = 0) or of the network (α = 1), up to the estimate's own error —
+  and it needs no clean image. Correlated or spatially varying noise (coil g-factors) makes it an
+  approximation. SURE is scored on the Otsu mask; α is applied in `tissue` (the non-air
+  foreground grown by CLAMP_MARGIN voxels); the air keeps the network's output, with a smooth
+  transition. `one_weight`: one α per band for the whole volume (the volume's 3-D N4), estimated
+  on the batch of slices holding the middle slice; else per slice, every batch probed. Slices
+  without a noise estimate (too little foreground, σ = 0) are not blended (α NaN), nor is a
+  volume whose probed batch has none with one. `network(batches, corrupted, n4)` reruns the network on
+  prepared inputs; `batch` is its batch size."""
   from scipy import ndimage
 
   n = len(restored)
   counts = mask.reshape(n, -1).sum(axis=1)
-  sigma = np.array([consistency.robust_sigma(x, m) if c >= MIN_FOREGROUND else 0.0
-                    for x, m, c in zip(inputs, mask, counts)], np.float32)
   n_batches = -(-n // batch)
-  batches = [(n // batch) // 2] if one_weight and n >= batch else list(range(n_batches))
+  batches = [(n // 2) // batch] if one_weight else list(range(n_batches))  # one weight: the middle slice's batch
   rows = np.concatenate([np.arange(i * batch, min(i * batch + batch, n)) for i in batches])
+  sigma = np.array([consistency.robust_sigma(inputs[i], mask[i]) if counts[i] >= MIN_FOREGROUND else 0.0
+                    for i in rows], np.float32)
+  usable = sigma > 0  # per probed row: enough foreground and a noise estimate (σ = 0: nothing to weigh)
+  n_bands = len(BLEND_BANDS) + 1
+  alphas = np.full((n, n_bands), np.nan, np.float32)
+  if not usable.any():
+    return restored, alphas
   rng = np.random.default_rng(seed)
   probe = rng.standard_normal((len(rows),) + restored.shape[1:]).astype(np.float32)
-  delta = BLEND_EPS * sigma[rows]  # the probe's size, in the input's units
+  delta = BLEND_EPS * np.where(usable, sigma, 1.0)  # the probe's size, in the input's units
   crop = prep.crop[1:]
   corrupted, n4_img = prep.corrupted.copy(), prep.n4.copy()
   step = (delta / prep.scale[rows])[:, None, None] * probe
@@ -352,29 +363,28 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   if lowfreq:
     ref2 = (inputs[rows] + delta[:, None, None] * probe) / field[rows] * factors[rows, None, None]
     probed = _lowfreq_fix(probed, ref2, float(lowfreq))
-  bands = lambda x: _bands(x, BLEND_BANDS)
-  n_bands = len(BLEND_BANDS) + 1
-  quad, lin = np.zeros((n, n_bands, n_bands)), np.zeros((n, n_bands))
+  changes = {}  # slice → its change's bands, (bands, X, Y)
+  quad, lin = np.zeros((len(rows), n_bands, n_bands)), np.zeros((len(rows), n_bands))
   for j, i in enumerate(rows):
-    m = mask[i]
-    if counts[i] < MIN_FOREGROUND or sigma[i] <= 0:
+    if not usable[j]:
       continue
+    m = mask[i]
     gain = factors[i] / field[i]  # the reference's units per input unit
-    change = bands(restored[i] - reference[i])[:, m]  # (bands, voxels)
-    moved = bands(probed[j] - restored[i] - delta[j] * gain * probe[j])[:, m]
-    quad[i] = change @ change.T
-    lin[i] = (sigma[i] ** 2 * gain[m] * probe[j][m] * moved).sum(axis=1) / delta[j]
-  usable = (counts >= MIN_FOREGROUND) & (sigma > 0)
+    changes[i] = _bands(restored[i] - reference[i], BLEND_BANDS)
+    moved = _bands(probed[j] - restored[i] - delta[j] * gain * probe[j], BLEND_BANDS)[:, m]
+    quad[j] = changes[i][:, m] @ changes[i][:, m].T
+    lin[j] = (sigma[j] ** 2 * gain[m] * probe[j][m] * moved).sum(axis=1) / delta[j]
   if one_weight:
-    alphas = np.tile(_box_qp(quad.sum(axis=0), lin.sum(axis=0)), (n, 1))
+    alphas[:] = _box_qp(quad.sum(axis=0), lin.sum(axis=0))
   else:
-    alphas = np.stack([_box_qp(q, l) if u else np.ones(n_bands) for q, l, u in zip(quad, lin, usable)])
-  alphas = np.where(usable[:, None], alphas, 1.0).astype(np.float32)
+    for j, i in enumerate(rows):
+      if usable[j]:
+        alphas[i] = _box_qp(quad[j], lin[j])
   weight = np.maximum(ndimage.gaussian_filter(tissue.astype(np.float32), (0, 2, 2)), tissue)  # 1 in tissue, 0 in air
-  out = reference.copy()
-  for i in range(n):
-    for a, part in zip(alphas[i], bands(restored[i] - reference[i])):
-      out[i] += (1.0 - (1.0 - a) * weight[i]) * part
+  out = restored.copy()
+  for i in np.flatnonzero(np.isfinite(alphas[:, 0])):
+    bands = changes[i] if i in changes else _bands(restored[i] - reference[i], BLEND_BANDS)
+    out[i] = reference[i] + sum((1.0 - (1.0 - a) * weight[i]) * band for a, band in zip(alphas[i], bands))
   return np.maximum(out, 0.0), alphas
 
 
@@ -529,7 +539,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
       − N4 image), one α ∈ [0, 1] per band of the change (coarser / finer than 1 px), chosen per
       slice (per volume with a 3-D N4) to minimise Stein's unbiased estimate of the squared error
       — computed from the input alone, so where the network would do worse than the input, α
-      falls towards 0. Costs one more network pass (for a volume, on its middle batch of slices).
+      falls towards 0. Costs one more network pass (for a volume with a 3-D N4: on the batch of
+      `batch_size` slices that holds the middle slice). Does nothing without N4.
     progress: show a progress bar on stderr.
   """
   from tqdm.auto import tqdm

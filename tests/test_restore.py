@@ -316,3 +316,42 @@ def test_sure_blend_picks_the_weight_that_minimises_the_true_error(noise, blur, 
   _, one = restore._sure_blend(restored, inputs, np.ones(2), inputs, ones, mask, np.ones_like(mask), prep,
                                network, 2, lowfreq=None, one_weight=True, seed=0)
   assert one[0, 0] == one[1, 0] and abs(one[0, 0] - best) < 0.12
+
+
+@pytest.mark.parametrize("one_weight", [False, True])
+def test_sure_blend_through_a_field_slice_scales_and_the_lowfreq_fix(one_weight, monkeypatch):
+  """The same check through everything that carries units: a volume's N4 field (the prepared
+  inputs of `prepare_slices(log_field=...)`), per-slice scales and the reference's factor, the
+  low-frequency fix on both passes, and more slices than a batch (one weight: the middle batch)."""
+  from scipy import ndimage
+
+  from mri_jax.models import restorer as R
+
+  monkeypatch.setattr(restore, "BLEND_BANDS", ())
+  rng = np.random.default_rng(1)
+  xx, yy = np.meshgrid(np.linspace(-1, 1, 64), np.linspace(-1, 1, 64), indexing="ij")
+  truth = np.zeros((4, 64, 64), np.float32)
+  truth[:, 6:58, 6:58] = 700.0 + 200.0 * np.sin(xx[6:58, 6:58] * 25) * np.cos(yy[6:58, 6:58] * 17)
+  mask = truth > 0
+  field = np.broadcast_to(np.exp(0.5 * xx + 0.2 * yy), truth.shape).astype(np.float32)
+  inputs = (truth * field + rng.normal(0, 60.0, truth.shape) * mask).astype(np.float32)
+  prep = R.prepare_slices(inputs, mask, 16, log_field=np.log(field))
+
+  def network(batches, corrupted, n4_img, desc=""):
+    rows = np.concatenate([np.arange(i * 2, i * 2 + 2) for i in batches])
+    return np.stack([ndimage.gaussian_filter(n4_img[i], 1.2) for i in rows])
+
+  raw = np.maximum(network([0, 1], prep.corrupted, prep.n4)[prep.crop], 0.0) * prep.scale[:, None, None]
+  reference, factors = restore._scaled_reference(raw, inputs / field, mask, one_scale=True)
+  restored = restore._lowfreq_fix(raw, reference, 1.0)
+  out, alphas = restore._sure_blend(restored, reference, factors, inputs, field, mask, np.ones_like(mask), prep,
+                                    network, 2, lowfreq=1.0, one_weight=one_weight, seed=0)
+  target = truth * factors[:, None, None]  # the clean image on the reference's scale
+  grid = np.linspace(0, 1, 101)
+  for rows in ([0, 1, 2, 3],) if one_weight else ([0], [1], [2], [3]):
+    err = [float(np.mean((reference + a * (restored - reference) - target)[rows][mask[rows]] ** 2)) for a in grid]
+    best = grid[int(np.argmin(err))]
+    assert np.all(np.abs(alphas[rows, 0] - best) < 0.12), (rows, alphas[rows, 0], best)
+  assert np.all(np.isfinite(out)) and out.min() >= 0
+  if one_weight:
+    assert np.all(alphas == alphas[0])
