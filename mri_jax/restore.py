@@ -300,8 +300,8 @@ def _noise_clamp(restored: np.ndarray, reference: np.ndarray, factors: np.ndarra
 
 
 # The SURE blend (`restore_array(blend=...)`). The probe's size in noise σ: the restorer's output
-# is piecewise smooth in its input, so a small finite difference measures its divergence; 0.01–0.3
-# gave the same real-scan SSIM within the probe's own scatter.
+# is piecewise smooth in its input, so a small finite difference measures its divergence. With
+# 0.01 / 0.05 / 0.2, the real-scan set (seed 0, 4 slices per group) gave the same SSIM to 3 decimals.
 BLEND_EPS = 0.05
 # The blend's frequency bands: Gaussian σ in pixels of the splits (none: one α for the whole change).
 # One split at 1 px (an α for the change's content coarser than 1 px, one for the finer): the demo
