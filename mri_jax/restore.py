@@ -199,7 +199,8 @@ class RestoreResult:
   the foreground mask; the slicing axis (None for 2-D); seconds per stage; the physics
   consistency check (`mri_jax.consistency`: per-slice `energy` and `structure` in slicing order,
   `flagged` slice indices, `residual` map r / σ̂ in the input's shape; None when not run); the SURE
-  blend's α per slice in slicing order (NaN where not blended; None when the blend is off)."""
+  blend's (N, bands) α in slicing order, coarsest band first (NaN where not blended; None when
+  the blend is off or there is no N4)."""
 
   image: np.ndarray
   field: np.ndarray | None
@@ -332,9 +333,9 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   foreground grown by CLAMP_MARGIN voxels); the air keeps the network's output, with a smooth
   transition. `one_weight`: one α per band for the whole volume (the volume's 3-D N4), estimated
   on the batch of slices holding the middle slice; else per slice, every batch probed. Slices
-  without a noise estimate (too little foreground, σ = 0) are not blended (α NaN), nor is a
-  volume whose probed batch has none with one. `network(batches, corrupted, n4)` reruns the network on
-  prepared inputs; `batch` is its batch size."""
+  without a noise estimate (too little foreground, σ = 0) are not blended (α NaN); nor is a
+  volume when no slice of its probed batch has one. `network(batches, corrupted, n4)` reruns the
+  network on prepared inputs; `batch` is its batch size."""
   from scipy import ndimage
 
   n = len(restored)
