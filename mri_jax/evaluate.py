@@ -62,6 +62,16 @@ class TestSet:
   group: str = ""        # real-scan group key (realscans.GROUPS), "" otherwise
   corruption: str = ""   # 'simulator' or 'independent' for the real-scan set
 
+  @property
+  def independent_slices(self) -> bool:
+    """Whether the slices are separate images rather than one volume: the synthetic test set's
+    slices come from different subjects, and the simulator corruption of a real-scan group draws
+    each slice's coil count (1 / 8 / 32 in turn), field and σ on its own, so its intensities and
+    noise floor change from slice to slice. The restorer is told so (`restore_array(
+    independent_slices=True)`: one Otsu threshold per slice, as N4 per slice in the baselines);
+    the independent corruption is one field and σ per stack: a volume."""
+    return not self.group or self.corruption == "simulator"
+
 
 def synthetic_test_set(data_dir, dataset: str = "mri_pairs/slices128", split: str = "test",
                        slices: int = 64) -> TestSet:
@@ -298,24 +308,24 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
     outputs["N4 + BM3D"] = (bm[0], n4_t + bm[1])
   for k in steps:
     log(f"[{ts.name}] restorer, K = {k}...")
-    outputs[f"restorer K = {k}"] = run_restorer(model, ts.corrupted, k, seed=seed, timed=True, independent=not ts.group)
+    outputs[f"restorer K = {k}"] = run_restorer(model, ts.corrupted, k, seed=seed, timed=True, independent=ts.independent_slices)
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
   log(f"[{ts.name}] restorer without the SURE blend (noise clamp K = 1, the previous default)...")
   outputs["restorer K = 1, no SURE blend, noise clamp K = 1"] = run_restorer(
-      model, ts.corrupted, 1, seed=seed, blend=False, noise_clamp=1.0, independent=not ts.group)
+      model, ts.corrupted, 1, seed=seed, blend=False, noise_clamp=1.0, independent=ts.independent_slices)
   log(f"[{ts.name}] restorer without the noise clamp...")
   outputs["restorer K = 1, SURE blend, no noise clamp"] = run_restorer(model, ts.corrupted, 1, seed=seed,
-                                                                      noise_clamp=0.0, independent=not ts.group)
+                                                                      noise_clamp=0.0, independent=ts.independent_slices)
   log(f"[{ts.name}] restorer without the low-frequency fix, the blend and the clamp...")
   outputs["restorer K = 1, no low-frequency fix, no blend, no clamp (the network alone)"] = run_restorer(
-      model, ts.corrupted, 1, seed=seed, lowfreq=0.0, noise_clamp=0.0, blend=False, independent=not ts.group)
+      model, ts.corrupted, 1, seed=seed, lowfreq=0.0, noise_clamp=0.0, blend=False, independent=ts.independent_slices)
   if model.params.get("fid") is not None:
     log(f"[{ts.name}] restorer without its fidelity path (w = 0) and the fidelity ceiling...")
     outputs["restorer K = 1, fidelity w = 0 (plain decoder), no low-frequency fix, no blend, no clamp"] = run_restorer(
         model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0, noise_clamp=0.0, blend=False,
-        independent=not ts.group)
+        independent=ts.independent_slices)
     outputs["decoder(clean latent) + fidelity path of the input: ceiling"] = (fidelity_ceiling(model, ts), 0.0)
   rows = []
   base = None
@@ -379,8 +389,8 @@ def faithfulness(ts: TestSet, model, k: int, *, seed: int = 0, seeds: int = 8, l
   log(f"[faithfulness] lesions in {len(ts.clean)} slices, corruption, restoration...")
   lesioned, lesions = insert_lesions(ts.clean, ts.mask, seed)
   images, fields, sigmas = corrupt_slices(lesioned, ts.mask, seed + 7)
-  r1, _ = run_restorer(model, images, 1, seed=seed, independent=not ts.group)
-  rk, _ = run_restorer(model, images, k, seed=seed, independent=not ts.group)
+  r1, _ = run_restorer(model, images, 1, seed=seed, independent=ts.independent_slices)
+  rk, _ = run_restorer(model, images, k, seed=seed, independent=ts.independent_slices)
   n4_img, _ = n4_sitk_slices(images)
   out = {"lesions": len(lesions),
          "lesion_contrast_kept_restorer_K1": lesion_contrast_kept(r1, lesioned, lesions),
@@ -392,7 +402,7 @@ def faithfulness(ts: TestSet, model, k: int, *, seed: int = 0, seeds: int = 8, l
     out["lesion_contrast_kept_n4_nlm_dipy"] = lesion_contrast_kept(nl, lesioned, lesions)
   fg_mean = np.array([c[m].mean() for c, m in zip(lesioned, ts.mask)])
   log(f"[faithfulness] {seeds} sampling seeds at K = {k}...")
-  runs = np.stack([run_restorer(model, images, k, seed=seed + s, independent=not ts.group)[0] for s in range(seeds)])
+  runs = np.stack([run_restorer(model, images, k, seed=seed + s, independent=ts.independent_slices)[0] for s in range(seeds)])
   sd = runs.std(axis=0)
   out["seed_std_over_sigma"] = float(np.mean([sd[i][ts.mask[i]].mean() / sigmas[i] for i in range(len(sd))]))
   out["seed_std_over_foreground_mean"] = float(np.mean([sd[i][ts.mask[i]].mean() / fg_mean[i] for i in range(len(sd))]))

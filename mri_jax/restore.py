@@ -285,7 +285,7 @@ def _noise_clamp(restored: np.ndarray, reference: np.ndarray, factors: np.ndarra
   """The output may differ from the reference (the N4 image inputs ÷ field, × each slice's factor
   from `_scaled_reference`) by at most k noise σ per voxel: the input is field × image + noise, so
   a change larger than the noise can explain would be erased or invented anatomy. σ is each input
-  slice's robust noise estimate (`consistency.robust_sigma`), carried to the reference's scale
+  slice's noise estimate (`consistency.input_sigma`), carried to the reference's scale
   (÷ field, × factor). `tissue`: where the clamp applies (default everywhere; restore passes the
   non-air foreground grown by CLAMP_MARGIN voxels)."""
   out = restored.copy()
@@ -293,7 +293,7 @@ def _noise_clamp(restored: np.ndarray, reference: np.ndarray, factors: np.ndarra
     m = mask[i]
     if m.sum() < MIN_FOREGROUND:
       continue
-    bound = k * consistency.robust_sigma(inputs[i], m) * factors[i] / field[i]
+    bound = k * consistency.input_sigma(inputs[i], m) * factors[i] / field[i]
     if tissue is not None:
       bound = np.where(tissue[i], bound, np.inf)
     out[i] = reference[i] + np.clip(restored[i] - reference[i], -bound, bound)
@@ -343,7 +343,7 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   n_batches = -(-n // batch)
   batches = [(n // 2) // batch] if one_weight else list(range(n_batches))  # one weight: the middle slice's batch
   rows = np.concatenate([np.arange(i * batch, min(i * batch + batch, n)) for i in batches])
-  sigma = np.array([consistency.robust_sigma(inputs[i], mask[i]) if counts[i] >= MIN_FOREGROUND else 0.0
+  sigma = np.array([consistency.input_sigma(inputs[i], mask[i]) if counts[i] >= MIN_FOREGROUND else 0.0
                     for i in rows], np.float32)
   usable = sigma > 0  # per probed row: enough foreground and a noise estimate (σ = 0: nothing to weigh)
   n_bands = len(BLEND_BANDS) + 1

@@ -49,3 +49,32 @@ def test_noise_only_residual_passes_and_changed_anatomy_is_flagged(brain):
   assert stack["flagged"] == [1] and stack["residual"].shape == (2, *clean.shape)
   # the residual map is in units of σ: its std over the foreground of the good slice is about 1
   assert 0.7 < stack["residual"][0][mask].std() < 1.2
+
+
+def test_input_sigma_reads_the_noise_in_the_air_of_a_textured_scan():
+  """Fine texture inflates any in-tissue estimate; the air of a magnitude image (Rayleigh for one
+  coil, χ for a root sum of squares over 8) gives σ back within 10 %; padding (exact zeros) and a
+  masked image fall back to the tissue estimate; the result is never above the tissue estimate."""
+  rng = np.random.default_rng(3)
+  n = 128
+  yy, xx = np.mgrid[:n, :n]
+  disc = (yy - n / 2) ** 2 + (xx - n / 2) ** 2 < (0.3 * n) ** 2
+  texture = np.where(disc, 1.0 + 0.25 * np.sign(np.sin(1.9 * xx) * np.sin(2.3 * yy)), 0.0)  # 1-px checks
+  sigma = 0.03
+  for coils in (1, 8):
+    channels = [texture / np.sqrt(coils) + sigma * (rng.standard_normal(texture.shape)
+                                                     + 1j * rng.standard_normal(texture.shape)) for _ in range(coils)]
+    image = np.sqrt(sum(np.abs(c) ** 2 for c in channels))
+    tissue = C.robust_sigma(image, disc)
+    assert tissue > 2 * sigma  # the texture reads as noise in the tissue
+    assert C.air_sigma(image, disc) == pytest.approx(sigma, rel=0.1)
+    assert C.input_sigma(image, disc) == pytest.approx(sigma, rel=0.1)
+    padded = np.pad(image, 40)  # zero padding is not air: same estimate
+    assert C.air_sigma(padded, np.pad(disc, 40)) == pytest.approx(C.air_sigma(image, disc), rel=0.02)
+    masked = np.where(ndimage.binary_dilation(disc, iterations=2), image, 0.0)  # air zeroed
+    assert C.air_sigma(masked, disc) is None
+    assert C.input_sigma(masked, disc) == tissue
+  # ghosts or anatomy in the air only raise its estimate: the tissue's is the ceiling
+  ghost = image + np.where(disc, 0.0, 0.3 * (-1.0) ** (xx + yy))  # pixel-scale structure in the air
+  assert C.air_sigma(ghost, disc) > C.robust_sigma(ghost, disc)
+  assert C.input_sigma(ghost, disc) == C.robust_sigma(ghost, disc)

@@ -243,7 +243,7 @@ def test_noise_clamp_keeps_the_output_within_k_sigma_of_the_n4_image(subject):
   erased = np.full_like(truth, 150.0) * mask  # a restorer that erased the lesion and the edges
   for k in (1.0, 3.0):
     out = restore._noise_clamp(erased, reference, np.full(2, 1.5), inputs, field, mask, k)
-    bound = np.stack([k * consistency.robust_sigma(x, m) * 1.5 / f for x, m, f in zip(inputs, mask, field)])
+    bound = np.stack([k * consistency.input_sigma(x, m) * 1.5 / f for x, m, f in zip(inputs, mask, field)])
     assert np.all(np.abs(out - reference) <= bound * (1 + 1e-5) + 1e-4)
     sigma = consistency.robust_sigma(inputs[0], mask[0])
     assert abs(sigma - 4.0) < 0.6, sigma  # the robust estimate ignores the edges
