@@ -323,7 +323,7 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
 
     α = (Σ σᵢ² − Σ σᵢ² ∂gᵢ/∂rᵢ) / Σ (gᵢ − rᵢ)²,  clipped to [0, 1],
 
-  σᵢ the noise σ of r at voxel i (the input's robust σ ÷ field × factor). The divergences come
+  σᵢ the noise σ of r at voxel i (the input's σ, `consistency.input_sigma`, ÷ field × factor). The divergences come
   from one more network pass on the input plus a small Gaussian probe b (size δ = BLEND_EPS σ):
   σᵢ² ∂cₖᵢ/∂rᵢ ≈ σ² (factor/field)ᵢ bᵢ Δcₖᵢ / δ, Δc the change of c under the probe. Under
   that noise model (white Gaussian noise of one σ per slice), the blend's expected error is never
@@ -651,7 +651,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     field[idx] = np.exp(prep.log_field[prep.crop])
   check = None
   if check_consistency:
-    check = consistency.consistency(np.where(anatomy[:, None, None], slices, 0.0), restored, mask & anatomy[:, None, None])
+    check = consistency.consistency(np.where(anatomy[:, None, None], slices, 0.0), restored, mask & anatomy[:, None, None],
+                                    fields=field)
 
   def to_input_layout(a):
     """(N, X, Y) slices back to the input's layout (slicing axis, 2-D, X×Y×1); None stays None."""

@@ -51,6 +51,29 @@ def test_noise_only_residual_passes_and_changed_anatomy_is_flagged(brain):
   assert 0.7 < stack["residual"][0][mask].std() < 1.2
 
 
+def test_the_restorers_own_field_explains_a_coil_hotspot_that_a_polynomial_cannot(brain):
+  """A surface coil's hotspot is no order-4 polynomial: fitted alone, the polynomial leaves
+  structure and flags a faithful output. Given the field the restorer estimated (here the true one
+  times a smooth scale error, as N4's would be), the faithful output passes, and an erased lesion
+  is still flagged."""
+  clean, mask, _ = brain
+  x, y = np.meshgrid(np.linspace(-1, 1, clean.shape[0]), np.linspace(-1, 1, clean.shape[1]), indexing="ij")
+  hotspot = np.exp(1.2 * np.exp(-((x - 0.75) ** 2 + (y + 0.2) ** 2) / 0.04))
+  estimate = hotspot * 1.3 * np.exp(0.1 * x)  # the restorer's field: right shape, off by a smooth factor
+  sigma = 0.03
+  inp = _noisy(clean * hotspot, sigma, 7)
+  warn = C.consistency.__kwdefaults__["warn_structure"]
+  assert C.slice_consistency(inp, clean, mask).structure > warn  # the polynomial alone: a false alarm
+  ok = C.slice_consistency(inp, clean, mask, field=estimate)
+  assert ok.structure < 1.5 and 0.6 < ok.energy < 1.2
+  lesioned = clean.copy()
+  lesioned[40:46, 50:56] *= 1.5
+  erased = C.slice_consistency(_noisy(lesioned * hotspot, sigma, 8), clean, mask, field=estimate)
+  assert erased.structure > warn
+  stack = C.consistency(np.stack([inp, _noisy(lesioned * hotspot, sigma, 8)]), np.stack([clean, clean]),
+                        np.stack([mask, mask]), fields=np.stack([estimate, estimate]))
+  assert stack["flagged"] == [1]
+
 def test_input_sigma_reads_the_noise_in_the_air_of_a_textured_scan():
   """Fine texture inflates any in-tissue estimate; the air of a magnitude image (Rayleigh for one
   coil, χ for a root sum of squares over 8) gives σ back within 10 %; padding (exact zeros) and a
