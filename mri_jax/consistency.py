@@ -60,7 +60,7 @@ def robust_sigma(image: np.ndarray, mask: np.ndarray | None = None) -> float:
 # voxels that are exactly zero (padding, masking: noise is never exactly zero); it is used when it
 # holds at least AIR_MIN_BLOCKS whole 2×2 blocks.
 AIR_MARGIN = 3
-AIR_MIN_BLOCKS = 50
+AIR_MIN_BLOCKS = 200  # the MAD's standard error is then about 8 %; the real-scan groups have 350–4,900
 # A magnitude image's air is Rayleigh (one coil: std 0.655 σ) or χ with 2n degrees of freedom (n
 # coils, root sum of squares: std → 0.707 σ), σ the noise of one real channel, which is the noise
 # σ of the magnitude in tissue. One factor between the two bounds is within 4 % of either.
@@ -68,9 +68,10 @@ AIR_STD_OVER_SIGMA = 0.68
 
 
 def haar_sigma(image: np.ndarray, mask: np.ndarray) -> float | None:
-  """Noise σ from the finest diagonal Haar detail (a − b − c + d) / 2 of the 2×2 blocks lying wholly
-  in `mask`: 1.4826 · its median absolute value (Donoho's MAD estimate; a linear gradient and
-  horizontal or vertical edges give 0). None when fewer than AIR_MIN_BLOCKS blocks qualify."""
+  """Noise σ of a 2-D image from the finest diagonal Haar detail (a − b − c + d) / 2 of the 2×2 blocks
+  lying wholly in `mask`: 1.4826 · its median absolute value (Donoho's MAD estimate; a linear
+  gradient and horizontal or vertical edges give 0). None when fewer than AIR_MIN_BLOCKS blocks
+  qualify."""
   x = np.asarray(image, np.float64)
   X, Y = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
   blocks = [(slice(i, X, 2), slice(j, Y, 2)) for i in (0, 1) for j in (0, 1)]
@@ -83,7 +84,7 @@ def haar_sigma(image: np.ndarray, mask: np.ndarray) -> float | None:
 
 
 def air_sigma(image: np.ndarray, mask: np.ndarray) -> float | None:
-  """The noise σ (of tissue) measured in the air: `haar_sigma` outside the foreground `mask` grown by
+  """The noise σ (of tissue) measured in the air of a 2-D image: `haar_sigma` outside the foreground `mask` grown by
   AIR_MARGIN voxels, ÷ AIR_STD_OVER_SIGMA (the Rayleigh / χ air is narrower than tissue noise).
   Voxels that are exactly zero are not air but padding or masking (skull-stripped images); None
   when too little air is left."""
@@ -97,10 +98,13 @@ def input_sigma(image: np.ndarray, mask: np.ndarray) -> float:
   the foreground's `robust_sigma` and the air's `air_sigma` (when there is usable air).
 
   In tissue, fine anatomy reads as noise to any local estimator: on small or textured real scans
-  (dipy's 58² aniso_vox, 64² EPI) `robust_sigma` was 2–5× the noise actually added, and the blend
-  then kept the network's blur as if it were denoising. The air holds noise only, but may be
-  missing (masked images), small, or hold ghosts; ghosts and anatomy can only raise its estimate,
-  so the smaller of the two is never the worse one by much and errs towards less smoothing."""
+  (dipy's 58² aniso_vox, 64² EPI) `robust_sigma` was 1.3–5× the noise actually added (3–5× on
+  aniso_vox), and the blend then kept the network's blur as if it were denoising. The air holds
+  noise only, but may be missing (masked images), small, or hold ghosts and anatomy, which only
+  raise its estimate. Where the noise itself varies over the image (parallel imaging's g-factor,
+  highest in the middle), the air reads the lower edge level and the smaller estimate is too low:
+  the blend then keeps less of the network's change and the clamp is tighter, so restore removes
+  less noise than it could — the safe direction, never invented structure."""
   fg = robust_sigma(image, mask)
   air = air_sigma(image, mask)
   return fg if air is None else min(fg, air)

@@ -54,12 +54,12 @@ def test_noise_only_residual_passes_and_changed_anatomy_is_flagged(brain):
 def test_the_restorers_own_field_explains_a_coil_hotspot_that_a_polynomial_cannot(brain):
   """A surface coil's hotspot is no order-4 polynomial: fitted alone, the polynomial leaves
   structure and flags a faithful output. Given the field the restorer estimated (here the true one
-  times a smooth scale error, as N4's would be), the faithful output passes, and an erased lesion
+  times a smooth error no low-order polynomial fits exactly, as N4's B-spline field would be), the faithful output passes, and an erased lesion
   is still flagged."""
   clean, mask, _ = brain
   x, y = np.meshgrid(np.linspace(-1, 1, clean.shape[0]), np.linspace(-1, 1, clean.shape[1]), indexing="ij")
   hotspot = np.exp(1.2 * np.exp(-((x - 0.75) ** 2 + (y + 0.2) ** 2) / 0.04))
-  estimate = hotspot * 1.3 * np.exp(0.1 * x)  # the restorer's field: right shape, off by a smooth factor
+  estimate = hotspot * 1.3 * np.exp(0.1 * x + 0.05 * np.sin(2.5 * x) * np.cos(2.0 * y))  # off by a smooth factor
   sigma = 0.03
   inp = _noisy(clean * hotspot, sigma, 7)
   warn = C.consistency.__kwdefaults__["warn_structure"]

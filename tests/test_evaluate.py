@@ -212,7 +212,8 @@ def test_evaluate_writes_the_comparison_table(tiny_dataset, tmp_path, capsys):
 
 def test_dipy_nlm_baseline_denoises_a_slice_without_losing_intensity():
   """The classic baseline must be a fair one: dipy's 3-D nlmeans on a 2-D slice keeps the
-  foreground's mean (the depth-1 call lost 7–12 %) and lowers the error against the clean image."""
+  foreground's mean and lowers the error against the clean image (the depth-1 call it replaces
+  raised the error here, and lost 7–12 % of the foreground mean on the real scans)."""
   rng = np.random.default_rng(0)
   yy, xx = np.mgrid[:64, :64]
   clean = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 24 ** 2, 1.0 + 0.3 * (xx > 32), 0.0)
