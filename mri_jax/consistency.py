@@ -12,9 +12,10 @@ polynomial alone cannot follow a coil's hotspot: on the demo volume it flagged 3
 slices, and 27 when given the true clean image; with restore's N4 field, none.) Per slice this
 module reports
 
-- `energy`: mean(r²) / σ̂² inside the foreground, σ̂ estimated from the *input* alone (Immerkær's
-  Laplacian-difference estimator, robust to smooth fields): ≈ 1 when the output departs from the
-  input by noise only; < 1 when the restorer kept some noise; ≫ 1 when it changed the image;
+- `energy`: mean(r²) / σ̂² inside the foreground, σ̂ estimated from the *input* alone
+  (`input_sigma`: the smaller of a robust Laplacian-difference estimate in the foreground and a
+  Haar estimate in the air — the σ restore's blend and clamp use): ≈ 1 when the output departs
+  from the input by noise only; < 1 when the restorer kept some noise; ≫ 1 when it changed the image;
 - `structure`: the residual's energy after a Gaussian low-pass (σ = `structure_px`), relative to
   what white noise of σ̂ leaves after the same low-pass (a factor 1/(4π σ_px²)): ≈ 1 for a
   noise-like residual, ≫ 1 where the residual has shape — anatomy erased from or invented in the
@@ -151,7 +152,7 @@ def slice_consistency(inp: np.ndarray, restored: np.ndarray, mask: np.ndarray, *
     field = np.asarray(field, np.float64)
     field = field * smooth_field(inp, out * field, mask, field_order)
   r = (inp - field * out) * m
-  sigma = max(noise_sigma(inp, mask), 1e-12 * max(float(np.abs(inp).max()), 1e-30))
+  sigma = max(input_sigma(inp, mask), 1e-12 * max(float(np.abs(inp).max()), 1e-30))
   n = max(float(m.sum()), 1.0)
   energy = float((r ** 2).sum() / n) / sigma ** 2
   smooth = ndimage.gaussian_filter(r, structure_px)
