@@ -151,7 +151,7 @@ def _cmd_ablations(args) -> int:
 def _restore_options(args) -> dict:
   return dict(steps=args.steps, seed=args.seed, n4=args.n4, n4_mode=args.n4_mode, batch_size=args.batch_size,
               axis=args.axis, fidelity=args.fidelity, lowfreq=args.lowfreq, noise_clamp=args.noise_clamp,
-              blend=args.blend)
+              blend=args.blend, independent_slices=args.independent_slices)
 
 
 def _cmd_restore(args) -> int:
@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(slices), or auto = volume for >= 8 slices (default %(default)s)")
   p.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                  help="slicing axis of a 3-D volume (default: auto)")
+  p.add_argument("--independent-slices", action="store_true", default=rd["independent_slices"],
+                 help="the 3-D input is a stack of unrelated 2-D images (different scans or subjects): Otsu's "
+                      "threshold and N4 per slice instead of one for the volume")
   p.add_argument("--fidelity", type=float, default=rd["fidelity"], metavar="W",
                  help="weight in [0, 1] of the fidelity path (input pixels fed past the latent) for models "
                       "that have one: 0 = the plain decoder; default: the model's (1)")

@@ -455,8 +455,11 @@ def _volume_n4(slices: np.ndarray, mask: np.ndarray, backend: str, settings, spa
 
 def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE,
                   axis=None, fidelity=None, lowfreq=None, n4_mode: str = "auto", noise_clamp=None,
-                  blend: bool = DEFAULT_BLEND) -> None:
+                  blend: bool = DEFAULT_BLEND, independent_slices: bool = False) -> None:
   """Raises UserInputError for options out of range (those that need no model)."""
+  if independent_slices and n4_mode == "volume":
+    raise UserInputError("independent slices (--independent-slices) get N4 per slice; they cannot be combined "
+                         "with --n4-mode volume")
   if not isinstance(blend, (bool, np.bool_)):
     raise UserInputError(f"blend must be True or False, got {blend!r}")
   if noise_clamp is not None and not 0.0 <= float(noise_clamp) <= 100.0:
@@ -549,7 +552,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   from mri_jax.n4 import otsu_mask
 
   check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq,
-                n4_mode=n4_mode, noise_clamp=noise_clamp, blend=blend)
+                n4_mode=n4_mode, noise_clamp=noise_clamp, blend=blend, independent_slices=independent_slices)
   data = np.asarray(data, np.float32)
   squeeze = data.ndim == 3 and data.shape[-1] == 1
   vol = data[..., 0] if squeeze else data
@@ -688,8 +691,8 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
                   steps=None, seed: int = 0, n4: str = "jax", n4_mode: str = "auto",
                   batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
                   lowfreq: float | None = DEFAULT_LOWFREQ, noise_clamp: float | None = DEFAULT_NOISE_CLAMP,
-                  blend: bool = DEFAULT_BLEND, save_field=None, save_residual=None,
-                  save_uncertainty=None, uncertainty_seeds: int = 4, overwrite: bool = False,
+                  blend: bool = DEFAULT_BLEND, independent_slices: bool = False, save_field=None,
+                  save_residual=None, save_uncertainty=None, uncertainty_seeds: int = 4, overwrite: bool = False,
                   progress: bool = False) -> dict:
   """Restores a 2-D/3-D NIfTI (or a DICOM file, or a folder holding a DICOM series: `load_input`)
   into the NIfTI `output_path` (header, affine and voxel size kept; atomic write).
@@ -698,13 +701,14 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
   multiplicative N4 field the restorer was conditioned on, so input ≈ field × N4-corrected image;
   `save_residual` the consistency check's residual map (input − field × restored) / σ̂;
   `save_uncertainty` the per-voxel std of the restored image over `uncertainty_seeds` sampling
-  seeds (seed, seed + 1, …). Options, paths and the image are checked before the model is loaded.
+  seeds (seed, seed + 1, …). `independent_slices`: the 3-D input is a stack of unrelated 2-D images
+  (`restore_array`). Options, paths and the image are checked before the model is loaded.
 
   Raises:
     UserInputError: bad input, options or checkpoint; output path problems. Nothing is written then.
   """
   check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq,
-                n4_mode=n4_mode, noise_clamp=noise_clamp, blend=blend)
+                n4_mode=n4_mode, noise_clamp=noise_clamp, blend=blend, independent_slices=independent_slices)
   if save_field is not None and n4 == "none":
     raise UserInputError("--save-field needs an N4 field: use --n4 jax or --n4 sitk")
   out, field_out = nifti.check_outputs(output_path, save_field, input_path, overwrite=overwrite)
@@ -722,13 +726,14 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
   model = load_model(checkpoint) if model is None else model
   res = restore_array(img.data, model, steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis,
                       spacing=img.spacing, affine=img.image.affine, fidelity=fidelity, lowfreq=lowfreq,
-                      noise_clamp=noise_clamp, blend=blend, n4_mode=n4_mode, progress=progress)
+                      noise_clamp=noise_clamp, blend=blend, n4_mode=n4_mode, independent_slices=independent_slices,
+                      progress=progress)
   uncertainty = None
   if save_uncertainty is not None:
     runs = [res.image] + [restore_array(img.data, model, steps=steps, seed=seed + i, n4=n4, batch_size=batch_size,
                                         axis=axis, spacing=img.spacing, affine=img.image.affine, fidelity=fidelity,
                                         lowfreq=lowfreq, noise_clamp=noise_clamp, blend=blend, n4_mode=n4_mode,
-                                        check_consistency=False).image
+                                        independent_slices=independent_slices, check_consistency=False).image
                             for i in range(1, uncertainty_seeds)]
     uncertainty = np.std(np.stack(runs), axis=0).astype(np.float32)
   nifti.save_nifti_like(out, res.image, img, description="mri-jax restore")

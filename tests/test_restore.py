@@ -355,3 +355,20 @@ def test_sure_blend_through_a_field_slice_scales_and_the_lowfreq_fix(one_weight,
   assert np.all(np.isfinite(out)) and out.min() >= 0
   if one_weight:
     assert np.all(alphas == alphas[0])
+
+
+def test_restore_cli_independent_slices(subject, tmp_path, capsys):
+  """--independent-slices reaches restore_array (one Otsu threshold and N4 per slice: the fixture's
+  slices were corrupted with 1 or 8 coils each), and cannot be combined with a volume N4."""
+  _, _, noisy = subject
+  vol = noisy[:, :, 8:14]
+  inp = write_nifti(tmp_path / "stack.nii.gz", vol, np.diag([4.0, 4.0, 4.0, 1.0]))
+  out = tmp_path / "out.nii.gz"
+  code, stdout, err = run_cli(["restore", str(inp), str(out), "--quiet", "--axis", "2", "--independent-slices"], capsys)
+  assert code == 0, err
+  expected = restore.restore_array(vol, axis=2, independent_slices=True).image
+  np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), expected)
+  assert not np.array_equal(expected, restore.restore_array(vol, axis=2).image)
+  code, _, err = run_cli(["restore", str(inp), str(tmp_path / "o2.nii.gz"), "--independent-slices",
+                          "--n4-mode", "volume"], capsys)
+  assert code == 2 and "--independent-slices" in err and not (tmp_path / "o2.nii.gz").exists()
