@@ -280,20 +280,29 @@ def _lowfreq_fix(restored: np.ndarray, reference: np.ndarray, sigma: float) -> n
 CLAMP_MARGIN = 2
 
 
+def _input_sigmas(inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """(N,) each input slice's noise σ (`consistency.input_sigma`); 0 on slices with fewer than
+  MIN_FOREGROUND foreground voxels (no estimate)."""
+  return np.array([consistency.input_sigma(x, m) if m.sum() >= MIN_FOREGROUND else 0.0 for x, m in zip(inputs, mask)],
+                  np.float32)
+
+
 def _noise_clamp(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray, inputs: np.ndarray,
-                 field: np.ndarray, mask: np.ndarray, k: float, tissue: np.ndarray | None = None) -> np.ndarray:
+                 field: np.ndarray, mask: np.ndarray, k: float, tissue: np.ndarray | None = None, *,
+                 sigma: np.ndarray | None = None) -> np.ndarray:
   """The output may differ from the reference (the N4 image inputs ÷ field, × each slice's factor
   from `_scaled_reference`) by at most k noise σ per voxel: the input is field × image + noise, so
   a change larger than the noise can explain would be erased or invented anatomy. σ is each input
   slice's noise estimate (`consistency.input_sigma`), carried to the reference's scale
-  (÷ field, × factor). `tissue`: where the clamp applies (default everywhere; restore passes the
-  non-air foreground grown by CLAMP_MARGIN voxels)."""
+  (÷ field, × factor); `sigma`: those σ (`_input_sigmas`) when the caller has them already.
+  `tissue`: where the clamp applies (default everywhere; restore passes the non-air foreground grown
+  by CLAMP_MARGIN voxels)."""
+  sigma = _input_sigmas(inputs, mask) if sigma is None else sigma
   out = restored.copy()
   for i in range(len(out)):
-    m = mask[i]
-    if m.sum() < MIN_FOREGROUND:
+    if mask[i].sum() < MIN_FOREGROUND:
       continue
-    bound = k * consistency.input_sigma(inputs[i], m) * factors[i] / field[i]
+    bound = k * sigma[i] * factors[i] / field[i]
     if tissue is not None:
       bound = np.where(tissue[i], bound, np.inf)
     out[i] = reference[i] + np.clip(restored[i] - reference[i], -bound, bound)
@@ -313,7 +322,7 @@ BLEND_BANDS: tuple[float, ...] = (1.0,)
 
 def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray, inputs: np.ndarray,
                 field: np.ndarray, mask: np.ndarray, tissue: np.ndarray, prep, network, batch: int, *,
-                lowfreq, one_weight: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                lowfreq, one_weight: bool, seed: int, sigma: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(the blend, α (N, bands)): the N4 image r (`_scaled_reference`) plus each Gaussian band
   (`_bands`, `BLEND_BANDS`) of the restorer's change c = g − r times its own α ∈ [0, 1], the α
   minimising Stein's unbiased risk estimate of E‖r + Σₖ αₖ cₖ − x‖² over the Otsu mask, x the
@@ -335,16 +344,15 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   on the batch of slices holding the middle slice; else per slice, every batch probed. Slices
   without a noise estimate (too little foreground, σ = 0) are not blended (α NaN); nor is a
   volume when no slice of its probed batch has one. `network(batches, corrupted, n4)` reruns the
-  network on prepared inputs; `batch` is its batch size."""
+  network on prepared inputs; `batch` is its batch size. `sigma`: the slices' (N,) noise σ
+  (`_input_sigmas`) when the caller has them already."""
   from scipy import ndimage
 
   n = len(restored)
-  counts = mask.reshape(n, -1).sum(axis=1)
   n_batches = -(-n // batch)
   batches = [(n // 2) // batch] if one_weight else list(range(n_batches))  # one weight: the middle slice's batch
   rows = np.concatenate([np.arange(i * batch, min(i * batch + batch, n)) for i in batches])
-  sigma = np.array([consistency.input_sigma(inputs[i], mask[i]) if counts[i] >= MIN_FOREGROUND else 0.0
-                    for i in rows], np.float32)
+  sigma = _input_sigmas(inputs[rows], mask[rows]) if sigma is None else sigma[rows]
   usable = sigma > 0  # per probed row: enough foreground and a noise estimate (σ = 0: nothing to weigh)
   n_bands = len(BLEND_BANDS) + 1
   alphas = np.full((n, n_bands), np.nan, np.float32)
@@ -627,14 +635,16 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     from scipy import ndimage
 
     tissue = ndimage.binary_dilation(prep.foreground[prep.crop], np.ones((1, 3, 3), bool), iterations=CLAMP_MARGIN)
+    # each slice's noise σ, once for the blend and the clamp (only the probed batch's when the clamp is off)
+    sigma = _input_sigmas(slices[idx], mask[idx]) if noise_clamp else None
     if blend:
       t2 = time.perf_counter()
       part, alphas = _sure_blend(part, ref, factors, slices[idx], fld, mask[idx], tissue, prep, network, bs,
-                                 lowfreq=lowfreq, one_weight=log_field is not None, seed=seed)
+                                 lowfreq=lowfreq, one_weight=log_field is not None, seed=seed, sigma=sigma)
       blend_weights[idx] = alphas
       times["blend"] = time.perf_counter() - t2
     if noise_clamp:
-      part = _noise_clamp(part, ref, factors, slices[idx], fld, mask[idx], float(noise_clamp), tissue)
+      part = _noise_clamp(part, ref, factors, slices[idx], fld, mask[idx], float(noise_clamp), tissue, sigma=sigma)
   restored[idx] = part
   if log_field is not None and n < len(slices):
     # Slices passed through (the caps) still get the volume's N4 correction, on the restored
