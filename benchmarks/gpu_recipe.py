@@ -20,8 +20,8 @@ heudiconv):
   python benchmarks/gpu_recipe.py --make-assets
   pip download ml_collections==1.1.0 tqdm==4.70.1 --no-deps -d benchmarks/gpu_assets/wheels/
 
-Phases, each timed in results.json: setup (assets, config), compile (batch generator, the three
-steps), calibrate (a few timed steps; the step counts are rescaled to `--budget-s` unless it is
+Phases, each timed in results.json: setup (assets, config), compile (batch generator, the four
+stages' steps), calibrate (a few timed steps; the step counts are rescaled to `--budget-s` unless it is
 0), train, export (`checkpoints.save_weights` → $OUT/weights, the folder
 `mri-jax restore --checkpoint` reads), eval_synthetic (held-out on-device batches: restored vs
 corrupted vs N4, and the autoencoder's ceiling), eval_real (the exported weights reloaded with
@@ -187,21 +187,26 @@ def make_batch_fn(cfg, slices: np.ndarray):
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
+STAGES = ("ae", "diffusion", "fidelity", "joint")
+
+
 def stage_ends(cfg, setup) -> dict:
   ends = {"ae": int(cfg.train.ae_steps) if setup.restorer.ae_def is not None else 0}
   ends["diffusion"] = ends["ae"] + int(cfg.train.diffusion_steps)
   ends["fidelity"] = ends["diffusion"] + trainer.fidelity_steps(cfg)
+  ends["joint"] = ends["fidelity"] + trainer.joint_steps(cfg)
   return ends
 
 
 def warm_and_time(steps: dict, setup, state, batch_fn, data_key, n: int) -> tuple[dict, dict]:
-  """Compiles the three jitted `steps` (first call) and times `n` more calls of each; ({stage:
-  compile s}, {stage: s per step}). The state is left untouched."""
+  """Compiles the jitted `steps` of the configured stages (first call) and times `n` more calls of
+  each; ({stage: compile s}, {stage: s per step}). The state is left untouched."""
   compile_s, per_step = {}, {}
   key = jax.random.key(0)
   batch = batch_at(batch_fn(data_key), 0)
-  for stage in ("ae", "diffusion", "fidelity"):
-    if stage == "ae" and setup.restorer.ae_def is None or stage == "fidelity" and state.fid is None:
+  for stage in STAGES:
+    if (stage == "ae" and setup.restorer.ae_def is None or stage == "fidelity" and state.fid is None
+        or stage == "joint" and not trainer.joint_steps(setup.cfg)):
       continue
     t = time.perf_counter()
     jax.block_until_ready(steps[stage](state, batch, key))
@@ -220,8 +225,8 @@ def batch_at(draw: dict, j: int) -> dict:
 
 
 def rescale(cfg, per_step: dict, seconds: float) -> float:
-  """Scales the three stages' step counts in `cfg` (in place) so they train in `seconds`."""
-  names = {"ae": "ae_steps", "diffusion": "diffusion_steps", "fidelity": "fidelity_steps"}
+  """Scales the stages' step counts in `cfg` (in place) so they train in `seconds`."""
+  names = {s: f"{s}_steps" for s in STAGES}
   projected = sum(int(cfg.train[names[s]]) * t for s, t in per_step.items())
   factor = max(seconds, 1.0) / max(projected, 1e-9)
   for s in per_step:
@@ -231,15 +236,18 @@ def rescale(cfg, per_step: dict, seconds: float) -> float:
 
 
 def train(cfg, setup, steps: dict, state, batch_fn, log) -> tuple[object, list]:
-  """The three stages with the trainer's jitted `steps`; keys as `trainer.train` (fold_in(step))."""
+  """The stages with the trainer's jitted `steps`; keys as `trainer.train` (fold_in(step)), and
+  the joint stage starts from the EMA UNet as there."""
   ends = stage_ends(cfg, setup)
   base = jax.random.key(cfg.seed)
   data_key = jax.random.fold_in(base, DATA_BRANCH)
   history, t0 = [], time.perf_counter()
-  total = ends["fidelity"]
+  total = ends["joint"]
   draws = int(cfg.data.batches_per_draw)
   for step in range(total):
     stage = next(name for name, end in ends.items() if step < end)
+    if step == ends["fidelity"] and stage == "joint":
+      state = state.replace(unet=state.ema_unet)
     if step % draws == 0:
       draw = batch_fn(jax.random.fold_in(data_key, step // draws))
     state, m = steps[stage](state, batch_at(draw, step % draws), jax.random.fold_in(base, step))
@@ -338,6 +346,7 @@ def markdown(res: dict) -> str:
   lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
   tr = res["train"]
   lines += ["", f"Steps: AE {tr['ae_steps']}, diffusion {tr['diffusion_steps']}, fidelity {tr['fidelity_steps']}, "
+            f"joint {tr['joint_steps']}, "
             f"batch {tr['batch']} (scale factor {tr['scale_factor']:.2f} from the calibration); "
             f"ms per step: " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in tr["seconds_per_step"].items()), "",
             "## Held-out synthetic (on-device mixed data, wide corruption)", "",
@@ -363,7 +372,7 @@ def flops(fn, *args) -> float:
 
 
 def check(cfg, slices) -> dict:
-  """Traces the on-device batch and the three training steps (shapes only, nothing compiled):
+  """Traces the on-device batch and the four stages' training steps (shapes only, nothing compiled):
   the wiring, checked in seconds (tests/test_gpu_recipe.py)."""
   setup, state = trainer.make_setup(cfg)
   batch_fn, n_combos = make_batch_fn(cfg, slices)
@@ -371,7 +380,7 @@ def check(cfg, slices) -> dict:
   draw = jax.eval_shape(batch_fn, key)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), draw)
   steps = trainer.make_steps(setup)
-  losses = {s: sorted(jax.eval_shape(steps[s], state, batch, key)[1]) for s in ("ae", "diffusion", "fidelity")}
+  losses = {s: sorted(jax.eval_shape(steps[s], state, batch, key)[1]) for s in STAGES}
   return {"carried_wheels": _ADDED_WHEELS, "coil_branches": n_combos,
           "draw": {k: [list(v.shape), str(v.dtype)] for k, v in draw.items()}, "metrics": losses,
           "modules": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}
@@ -385,7 +394,7 @@ def estimate(cfg, slices, log) -> dict:
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(batch_fn, key))
   steps = trainer.make_steps(setup)
   out = {"batch_fn (per draw)": flops(batch_fn, key)}
-  for stage in ("ae", "diffusion", "fidelity"):
+  for stage in STAGES:
     out[stage] = flops(steps[stage], state, batch, key)
   log("TFLOP per step: " + ", ".join(f"{k} {v / 1e12:.4f}" for k, v in out.items()))
   return out
@@ -442,7 +451,7 @@ def main(argv=None) -> int:
   log(f"devices: {jax.devices()}; carried wheels on sys.path: {_ADDED_WHEELS or 'none'}")
   times["setup"] = time.perf_counter() - t_start
 
-  # ---- compile: the batch generator, then the three steps (timed on a few batches)
+  # ---- compile: the batch generator, then the stages' steps (timed on a few batches)
   t = time.perf_counter()
   batch_fn, n_combos = make_batch_fn(cfg, slices)
   data_key = jax.random.fold_in(jax.random.key(cfg.seed), DATA_BRANCH)
@@ -476,7 +485,7 @@ def main(argv=None) -> int:
       setup, state = trainer.make_setup(cfg)
       steps = trainer.make_steps(setup)
       log(f"step counts × {factor:.2f} to train in {left:.0f} s: AE {cfg.train.ae_steps}, diffusion "
-          f"{cfg.train.diffusion_steps}, fidelity {cfg.train.fidelity_steps}")
+          f"{cfg.train.diffusion_steps}, fidelity {cfg.train.fidelity_steps}, joint {cfg.train.joint_steps}")
 
   # ---- train
   t = time.perf_counter()
@@ -517,7 +526,7 @@ def main(argv=None) -> int:
       "times_s": {k: round(v, 2) for k, v in times.items()},
       "compile_s": {k: round(v, 2) for k, v in compile_s.items()},
       "train": {"ae_steps": int(cfg.train.ae_steps), "diffusion_steps": int(cfg.train.diffusion_steps),
-                "fidelity_steps": trainer.fidelity_steps(cfg), "batch": int(cfg.train.batch),
+                "fidelity_steps": trainer.fidelity_steps(cfg), "joint_steps": trainer.joint_steps(cfg), "batch": int(cfg.train.batch),
                 "scale_factor": factor, "batch_seconds": batch_s,
                 "seconds_per_step": {k: round(v, 5) for k, v in per_step.items()}},
       "history": history, "synthetic": synthetic, "real": real_rows, "real_summary": real_summary(real_rows),

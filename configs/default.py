@@ -35,7 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(lr=1e-3, warmup=100, final_lr_fraction=0.05, clip=1.0,
                                                weight_decay=1e-4))
   c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2, kl_weight=1e-6))
-  c.train = ml_collections.ConfigDict(dict(ae_steps=2_000, diffusion_steps=4_000, fidelity_steps=0, batch=8, ema=0.999,
+  # joint_steps: the joint stage after the others (UNet + fidelity path trained end to end on the
+  # restored image's L1 + SSIM; `mri_jax.train.trainer`), at peak rate joint_lr
+  c.train = ml_collections.ConfigDict(dict(ae_steps=2_000, diffusion_steps=4_000, fidelity_steps=0, joint_steps=0,
+                                           joint_lr=2e-4, batch=8, ema=0.999,
                                            log_every=50, checkpoint_every=500, keep=3,
                                            eval_every=500, eval_batches=4, tensorboard=True,
                                            compute_dtype="float32"))  # or "bfloat16" (mixed precision)

@@ -26,12 +26,14 @@ Size estimate (how the step counts were chosen; no GPU was at hand, so this is a
   reach 5–15% of it, 25–75 TFLOP/s: 75–225 s of arithmetic for 2,500 + 2,500 + 1,250 steps.
   The batch draw is latency-bound (≈ 200 sequential N4 iterations of small kernels; guessed
   20–50 ms per draw of 4 batches): 30–80 s more. Compilation (the generator with its 12 simulator
-  branches, three steps; the tiny generator took 61 s to compile on the CPU) guessed 60–120 s;
+  branches, the stages' steps; the tiny generator took 61 s to compile on the CPU) guessed 60–120 s;
   evaluation ≤ 100 s (the script stops the real-scan part when the budget is spent).
-  Total ≈ 265–525 s, middle ≈ 395 s.
+  Total ≈ 265–525 s, middle ≈ 395 s. The joint stage (1,000 steps, added later) was not in
+  this estimate: its step is a UNet and a decoder pass with both backward, about the diffusion
+  and fidelity steps together (≈ 2 TFLOP), so the calibration will rescale the counts down.
 Because the spread is wide, the script measures the real step times after compiling and, when
 the counts below would overrun its budget (`--budget-s`, default 480 s for the whole run) or use
-less than 2/3 of it, rescales all three stages by one factor and compiles the steps again
+less than 2/3 of it, rescales all four stages by one factor and compiles the steps again
 (`--budget-s 0` trains exactly these counts, for runs that must repeat). results.json records
 the counts used.
 """
@@ -64,6 +66,7 @@ def get_config(arg=None):
   c.train.ae_steps = 2_500
   c.train.diffusion_steps = 2_500
   c.train.fidelity_steps = 1_250
+  c.train.joint_steps = 1_000
   c.train.log_every = 100
   c.train.compute_dtype = "float32"  # TF32 convolutions on the GPU; "bfloat16" is faster, less tested
   if arg == "tiny":
@@ -77,7 +80,7 @@ def get_config(arg=None):
     t = tiny.get_config("fidelity")  # the tiny networks, N4 and optimiser of the tests
     c.model.update({k: t.model[k] for k in ("ae_channels", "latent", "unet_channels", "emb", "n4_iterations")})
     c.optimizer = t.optimizer
-    c.train.update(dict(batch=8, ae_steps=6, diffusion_steps=6, fidelity_steps=4, log_every=2))
+    c.train.update(dict(batch=8, ae_steps=6, diffusion_steps=6, fidelity_steps=4, joint_steps=4, log_every=2))
   elif arg not in (None, ""):
     raise ValueError(f"unknown gpu variant {arg!r} (known: tiny)")
   return c

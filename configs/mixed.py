@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.train.diffusion_steps = 6_000
   c.model.fidelity_residual = c.model.fidelity
   c.train.fidelity_steps = 6_000 if c.model.fidelity else 0
+  c.train.joint_steps = 4_500
   c.train.eval_every = 500
   if arg not in (None, "", "no_fidelity"):
     raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity)")

@@ -168,12 +168,19 @@ class Checkpointer:
 
 def latest_step(workdir) -> int | None:
   """The latest checkpoint step of a training workdir (None: no checkpoint)."""
+  steps = all_steps(workdir)
+  return steps[-1] if steps else None
+
+
+def all_steps(workdir) -> list[int]:
+  """The checkpoint steps of a training workdir, ascending (empty: none)."""
   ckpt = Path(workdir) / "checkpoints"
   if not ckpt.is_dir():
-    return None
+    return []
   c = Checkpointer(ckpt)
   try:
-    return c.latest_step()
+    with _orbax_quiet():
+      return sorted(int(s) for s in c._mgr.all_steps())
   finally:
     c.close()
 

@@ -36,7 +36,7 @@ def _bare_site(tmp: Path) -> Path:
 
 
 def test_recipe_wiring_without_the_missing_packages(tmp_path):
-  """`--check` traces the on-device batch and the trainer's three steps (nothing compiled) in a
+  """`--check` traces the on-device batch and the trainer's four stages' steps (nothing compiled) in a
   Python that cannot import grain / tfds / nibabel / nilearn / ml_collections / tqdm / … ."""
   env = {**os.environ, "PYTHONPATH": str(_bare_site(tmp_path)), "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
@@ -48,7 +48,7 @@ def test_recipe_wiring_without_the_missing_packages(tmp_path):
   assert out["modules"] == []
   assert set(out["draw"]) == {"clean", "corrupted", "n4_corrected", "n4_log_field", "mask"}
   assert all(shape == [2, 8, 48, 48] and dtype == "float32" for shape, dtype in out["draw"].values())
-  assert out["metrics"]["fidelity"] == ["l1", "loss", "ssim"]
+  assert out["metrics"]["fidelity"] == out["metrics"]["joint"] == ["l1", "loss", "ssim"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nilearn") is None, reason="the reference maps come from nilearn")

@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import struct
 
@@ -30,6 +31,7 @@ class TrainState:
     opt_ae: the autoencoder's optimiser state (None in pixel space).
     fid: fidelity-path parameters (None without `model.fidelity`).
     opt_fid: its optimiser state.
+    opt_joint: the joint stage's optimiser state over {"unet", "fid"} (None without that stage).
   """
 
   step: jax.Array
@@ -40,6 +42,7 @@ class TrainState:
   opt_ae: Any = None
   fid: Any = None
   opt_fid: Any = None
+  opt_joint: Any = None
 
   def inference_params(self) -> dict:
     """{"ae", "unet", "fid"} as inference reads them (the UNet's EMA weights)."""
@@ -55,9 +58,12 @@ def make_tx(cfg_opt, steps: int) -> optax.GradientTransformation:
 
 
 def optimisers(cfg) -> tuple[optax.GradientTransformation, ...]:
-  """(autoencoder, UNet, fidelity path) optimisers, each scheduled over its own stage's steps."""
+  """(autoencoder, UNet, fidelity path, joint stage) optimisers, each scheduled over its own
+  stage's steps (the joint stage's peak rate is `train.joint_lr`)."""
+  joint = cfg.optimizer.to_dict()
+  joint["lr"] = float(cfg.train.get("joint_lr", cfg.optimizer.lr))
   return (make_tx(cfg.optimizer, cfg.train.ae_steps), make_tx(cfg.optimizer, cfg.train.diffusion_steps),
-          make_tx(cfg.optimizer, fidelity_steps(cfg)))
+          make_tx(cfg.optimizer, fidelity_steps(cfg)), make_tx(ml_collections.ConfigDict(joint), joint_steps(cfg)))
 
 
 def fidelity_steps(cfg) -> int:
@@ -65,14 +71,21 @@ def fidelity_steps(cfg) -> int:
   return int(cfg.train.get("fidelity_steps", 0)) if has_fidelity(cfg) else 0
 
 
+def joint_steps(cfg) -> int:
+  """Steps of the joint stage: the UNet (and the fidelity path) trained end to end on the restored
+  image's pixel loss (0: no such stage)."""
+  return int(cfg.train.get("joint_steps", 0))
+
+
 def init_state(cfg) -> tuple[Restorer, TrainState]:
   """(the restorer, the initial train state from `cfg.seed`)."""
   restorer = Restorer.from_config(cfg)
   params = restorer.init_params(cfg.seed)
-  tx_ae, tx_unet, tx_fid = optimisers(cfg)
+  tx_ae, tx_unet, tx_fid, tx_joint = optimisers(cfg)
   ae, fid = params["ae"], params["fid"]
   state = TrainState(step=jnp.asarray(0, jnp.int32), unet=params["unet"], ema_unet=params["unet"],
                      opt_unet=tx_unet.init(params["unet"]), ae=ae,
                      opt_ae=None if ae is None else tx_ae.init(ae),
-                     fid=fid, opt_fid=None if fid is None else tx_fid.init(fid))
+                     fid=fid, opt_fid=None if fid is None else tx_fid.init(fid),
+                     opt_joint=tx_joint.init({"unet": params["unet"], "fid": fid}) if joint_steps(cfg) else None)
   return restorer, state

@@ -1,12 +1,17 @@
 """Training of the restorer: autoencoder stage, latent-diffusion stage, then (with
-`model.fidelity`) the fidelity-path stage; data parallel with `jax.jit` over a mesh. This file
+`model.fidelity`) the fidelity-path stage, then (with `train.joint_steps`) the joint stage; data parallel with `jax.jit` over a mesh. This file
 holds the losses, the jitted train and validation steps and the loop; the networks come from
 `mri_jax.models.restorer`, the state from `train_state`, checkpoints from `mri_jax.checkpoints`,
 logs and PNGs from `writers`.
 
 `train(config, workdir)` runs the stages for `train.ae_steps` + `train.diffusion_steps` (+
-`train.fidelity_steps`) global steps (a step counter shared by the stages), resuming from the
-latest checkpoint in `workdir`. The batch is a globally sharded `jax.Array` on the mesh's 'data'
+`train.fidelity_steps` + `train.joint_steps`) global steps (a step counter shared by the stages),
+resuming from the latest checkpoint in `workdir`. The joint stage trains the UNet and the fidelity
+path together on what inference returns: the K-step restored image (the configured K) against the
+clean image, L1 + w·(1 − SSIM), through the frozen decoder. The earlier stages train each network on
+its own target (the latent diffusion loss, the decoder's path from a fixed latent); this one trains
+them for the output. It starts from the UNet's EMA weights (what the fidelity path was trained
+with) and keeps the EMA copy equal to the trained weights, so the exported UNet and path match. The batch is a globally sharded `jax.Array` on the mesh's 'data'
 axis and parameters are replicated, so one jitted step computes the global-batch loss and XLA
 inserts the gradient all-reduce (what `pmap` + `pmean` did). The per-step RNG is
 `fold_in(key(seed), step)`: never per device, so 1 device and 8 devices see the same randomness
@@ -40,7 +45,7 @@ from mri_jax.io import nifti
 from mri_jax.models import fidelity
 from mri_jax.models.restorer import Restorer, downsampling, normalise_batch
 from mri_jax.train import writers
-from mri_jax.train.train_state import TrainState, fidelity_steps, init_state, optimisers
+from mri_jax.train.train_state import TrainState, fidelity_steps, init_state, joint_steps, optimisers
 
 
 @dataclasses.dataclass
@@ -52,6 +57,7 @@ class Setup:
   tx_ae: optax.GradientTransformation
   tx_unet: optax.GradientTransformation
   tx_fid: optax.GradientTransformation
+  tx_joint: optax.GradientTransformation
 
 
 def make_setup(cfg) -> tuple[Setup, TrainState]:
@@ -126,12 +132,28 @@ def fidelity_loss(setup, params, state: TrainState, batch, key):
   return loss, {"loss": loss, "l1": l1, "ssim": ssim}
 
 
+def joint_loss(setup, params, state: TrainState, batch, key):
+  """The joint stage's loss: the restored image (K = `schedule.sample_steps` sampler steps of the
+  UNet `params["unet"]`, then the frozen decoder with the fidelity path `params["fid"]` at weight 1)
+  against the clean image: L1 + w·(1 − SSIM); (loss, metrics)."""
+  r, cfg = setup.restorer, setup.cfg
+  clean, corrupted, n4, log_field, mask = normalise_batch(batch)
+  dt = compute_dtype(cfg)
+  p = {"ae": _cast(state.ae, dt), "unet": _cast(params["unet"], dt), "fid": _cast(params["fid"], dt)}
+  out = r.restore(p, corrupted.astype(dt), n4.astype(dt), log_field.astype(dt), key,
+                  k=int(cfg.schedule.sample_steps), fidelity_weight=1.0).astype(jnp.float32)
+  l1 = jnp.mean(jnp.abs(out - clean[..., 0]))
+  ssim = jnp.mean(jax.vmap(metrics.ssim)(out, clean[..., 0], jnp.ones_like(mask)))
+  loss = l1 + cfg.loss.ssim_weight * (1.0 - ssim)
+  return loss, {"loss": loss, "l1": l1, "ssim": ssim}
+
+
 def _ema(ema, params, decay):
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
 def make_steps(setup: Setup):
-  """Jitted {stage: step} for 'ae', 'diffusion', 'fidelity': (state, batch, key) → (state, metrics)."""
+  """Jitted {stage: step} for 'ae', 'diffusion', 'fidelity', 'joint': (state, batch, key) → (state, metrics)."""
 
   @jax.jit
   def ae_step(state: TrainState, batch, key):
@@ -155,7 +177,17 @@ def make_steps(setup: Setup):
     updates, opt = setup.tx_fid.update(g, state.opt_fid, state.fid)
     return state.replace(fid=optax.apply_updates(state.fid, updates), opt_fid=opt, step=state.step + 1), m
 
-  return {"ae": ae_step, "diffusion": diffusion_step, "fidelity": fidelity_step}
+  @jax.jit
+  def joint_step(state: TrainState, batch, key):
+    loss_fn = lambda p: joint_loss(setup, p, state, batch, key)
+    params = {"unet": state.unet, "fid": state.fid}
+    (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt = setup.tx_joint.update(g, state.opt_joint, params)
+    new = optax.apply_updates(params, updates)
+    return state.replace(unet=new["unet"], ema_unet=new["unet"], fid=new["fid"], opt_joint=opt,
+                         step=state.step + 1), m
+
+  return {"ae": ae_step, "diffusion": diffusion_step, "fidelity": fidelity_step, "joint": joint_step}
 
 
 def _mean_scores(x, ref, mask, prefix):
@@ -185,7 +217,7 @@ def make_eval(setup: Setup):
               **_mean_scores(n4[..., 0], clean[..., 0], mask, "n4")}
     return scores, {"corrupted": corrupted[..., 0], "N4": n4[..., 0], "restored": out, "clean": clean[..., 0]}
 
-  return {"ae": ae_eval, "diffusion": diffusion_eval, "fidelity": diffusion_eval}
+  return {"ae": ae_eval, "diffusion": diffusion_eval, "fidelity": diffusion_eval, "joint": diffusion_eval}
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,10 +256,14 @@ def restore_batch(setup: Setup, state: TrainState, batch: dict, key: jax.Array, 
 
 # What a run given to `init_from` must share with the new config (everything its first two stages
 # depend on); the fidelity path's own settings, N4's iterations (used at inference only: training
-# reads N4 images from the records), data_dir, logging and checkpointing may differ.
+# reads N4 images from the records), the joint stage's, data_dir, logging and checkpointing may
+# differ. When the fidelity path's settings are shared too, the new run starts at the joint stage.
 _SHARED_STAGES = ("seed", "data.name", "data.process_sharding", "schedule", "optimizer", "loss",
                   "train.ae_steps", "train.diffusion_steps", "train.batch", "train.ema", "train.compute_dtype")
 _NOT_SHARED_MODEL = ("n4_iterations",)
+# The fields `init_from` copies when starting at each stage.
+_START_FIELDS = {"fidelity": ("ae", "opt_ae", "unet", "ema_unet", "opt_unet"),
+                 "joint": ("ae", "opt_ae", "unet", "ema_unet", "opt_unet", "fid", "opt_fid")}
 
 
 def _unet_end(cfg) -> int:
@@ -235,46 +271,63 @@ def _unet_end(cfg) -> int:
   return (int(cfg.train.ae_steps) if cfg.model.space == "latent" else 0) + int(cfg.train.diffusion_steps)
 
 
-def _check_init_from(cfg, run) -> tuple[Path, int]:
-  """(RUN, its latest checkpoint step), or refuses (one line) a run this config cannot start from;
-  nothing is read but RUN's config.json and its checkpoint steps."""
+def _pick(c, name):
+  for part in name.split("."):
+    c = c.get(part) if hasattr(c, "get") else None
+  return c.to_dict() if hasattr(c, "to_dict") else c
+
+
+def _differ(src, cfg, names) -> list[str]:
+  return [n for n in names if json.dumps(_pick(src, n), sort_keys=True, default=list)
+          != json.dumps(_pick(cfg, n), sort_keys=True, default=list)]
+
+
+def _check_init_from(cfg, run) -> tuple[Path, str, int, int]:
+  """(RUN, the stage the new run starts at ('fidelity' or 'joint'), its global start step, RUN's
+  checkpoint step whose weights it takes), or refuses (one line) a run this config cannot start
+  from; nothing is read but RUN's config.json and its checkpoint steps."""
   run = Path(run)
-  if not fidelity_steps(cfg):
-    raise UserInputError("--init-from starts the fidelity stage, but this config has none "
-                         "(model.fidelity off or train.fidelity_steps 0)")
+  if not fidelity_steps(cfg) and not joint_steps(cfg):
+    raise UserInputError("--init-from starts the fidelity or the joint stage, but this config has none "
+                         "(model.fidelity off or train.fidelity_steps 0, and train.joint_steps 0)")
   src = checkpoints.read_config(run)
-
-  def pick(c, name):
-    for part in name.split("."):
-      c = c.get(part) if hasattr(c, "get") else None
-    return c.to_dict() if hasattr(c, "to_dict") else c
-
   names = list(_SHARED_STAGES) + [f"model.{k}" for k in cfg.model
                                   if not k.startswith("fidelity") and k not in _NOT_SHARED_MODEL]
-  differ = [n for n in names if json.dumps(pick(src, n), sort_keys=True, default=list)
-            != json.dumps(pick(cfg, n), sort_keys=True, default=list)]
+  differ = _differ(src, cfg, names)
   if differ:
     raise UserInputError(f"--init-from '{run}': its config differs from this one in {', '.join(differ)} "
-                         "(only the fidelity path's settings may differ)")
-  step = _unet_end(cfg)
-  have = checkpoints.latest_step(run)
-  if have is None or have < step:
-    raise UserInputError(f"--init-from '{run}': it has no checkpoint past its UNet stage (step {step}; "
-                         f"latest {have})")
-  return run, have
+                         "(only the fidelity path's and the joint stage's settings may differ)")
+  fid_names = ["train.fidelity_steps"] + [f"model.{k}" for k in cfg.model if k.startswith("fidelity")]
+  unet_end = _unet_end(cfg)
+  if joint_steps(cfg) and not _differ(src, cfg, fid_names):
+    stage, step = "joint", unet_end + fidelity_steps(cfg)
+  elif fidelity_steps(cfg):
+    stage, step = "fidelity", unet_end
+  else:
+    raise UserInputError(f"--init-from '{run}': its fidelity path differs from this config's, which has no "
+                         "fidelity stage to retrain it")
+  # RUN's weights are those of a run from scratch at `step` only up to the end of its own fidelity
+  # stage: its joint stage (if any) changes the UNet and the path.
+  last = unet_end + fidelity_steps(src)
+  usable = [s for s in checkpoints.all_steps(run) if step <= s <= last]
+  if not usable:
+    raise UserInputError(f"--init-from '{run}': it has no checkpoint from step {step} (the start of the {stage} "
+                         f"stage) to step {last} (the end of its fidelity stage); latest "
+                         f"{checkpoints.latest_step(run)}")
+  return run, stage, step, usable[-1]
 
 
-def _start_from_run(state: TrainState, step: int, run: Path, run_step: int, it) -> TrainState:
-  """The state at global step `step` (the end of the UNet stage) with the autoencoder and UNet of
-  `run`'s checkpoint `run_step` (≥ `step`: the fidelity stage changes neither); advances the data
-  iterator `it` by `step` batches, to the position a run from scratch has there."""
+def _start_from_run(state: TrainState, stage: str, step: int, run: Path, run_step: int, it) -> TrainState:
+  """The state at global step `step` (the start of `stage`) with the fields `_START_FIELDS[stage]`
+  of `run`'s checkpoint `run_step` (the stages between `step` and `run_step` change none of them);
+  advances the data iterator `it` by `step` batches, to the position a run from scratch has there."""
   c = checkpoints.Checkpointer(run / "checkpoints")
   try:
     named = c.restore_named(run_step)
   finally:
     c.close()
   fields = {f: checkpoints.from_named(getattr(state, f), named.get(f, {}), f"--init-from '{run}'")
-            for f in ("ae", "opt_ae", "unet", "ema_unet", "opt_unet") if getattr(state, f) is not None}
+            for f in _START_FIELDS[stage] if getattr(state, f) is not None}
   for _ in range(step):
     next(it)
   return state.replace(step=jnp.asarray(step, jnp.int32), **fields)
@@ -289,9 +342,10 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       emulate a killed run.
     devices: devices of the data mesh (default: all devices of all processes).
     init_from: a finished run's workdir whose autoencoder and UNet stages this config repeats
-      (same seed, data, networks, schedule, optimiser and step counts; only the fidelity path may
-      differ): a new `workdir` starts at the fidelity stage with its weights and the data position
-      it would have reached — the state a run from scratch has there, without retraining them.
+      (same seed, data, networks, schedule, optimiser and step counts; only the fidelity path and
+      the joint stage may differ): a new `workdir` starts at the fidelity stage (or, when the
+      fidelity path's settings are the same too, at the joint stage) with its weights and the data
+      position it would have reached — the state a run from scratch has there, without retraining.
 
   Returns:
     {"final": last logged metrics, "history": logged rows, "state": TrainState, "setup": Setup}.
@@ -323,7 +377,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       raise UserInputError(f"dataset {cfg.data.name} has no validation split ({type(err).__name__}); "
                            "set --config.train.eval_every=0 to train without validation") from None
   if init_from is not None:
-    init_from, init_step = _check_init_from(cfg, init_from)
+    init_from, init_stage, init_start, init_step = _check_init_from(cfg, init_from)
   writers.check_workdir(json.loads(cfg.to_json_best_effort()), workdir, write=lead)
 
   # ---- data, networks, state (resumed from the latest checkpoint)
@@ -342,7 +396,8 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   ends = {"ae": cfg.train.ae_steps if setup.restorer.ae_def is not None else 0}
   ends["diffusion"] = ends["ae"] + cfg.train.diffusion_steps
   ends["fidelity"] = ends["diffusion"] + fidelity_steps(cfg)
-  total = ends["fidelity"]
+  ends["joint"] = ends["fidelity"] + joint_steps(cfg)
+  total = ends["joint"]
 
   def stage_of(step: int) -> str:
     return next(name for name, end in ends.items() if step < end)
@@ -350,12 +405,13 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep, every=cfg.train.checkpoint_every)
   start = ckpt.latest_step() or 0
   if init_from is not None and not start:
-    start = ends["diffusion"]
-    state = _start_from_run(state, start, init_from, init_step, it)
+    start = init_start
+    state = _start_from_run(state, init_stage, start, init_from, init_step, it)
     ckpt.save(start, state, data_iterator=it)  # a restart without --init-from resumes here
     if lead:
       writers.truncate_log(workdir, start)
-    log(f"started at step {start} with the autoencoder and UNet of {init_from}")
+    nets = "autoencoder and UNet" if init_stage == "fidelity" else "autoencoder, UNet and fidelity path"
+    log(f"started at step {start} ({init_stage} stage) with the {nets} of {init_from}")
   elif start:
     if init_from is not None:
       log(f"--init-from ignored: {workdir} already holds a run (resuming it)")
@@ -398,6 +454,8 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       batch = pipeline.to_global(next(it), mesh)
       key = jax.random.fold_in(base, step)
       stage = stage_of(step)
+      if step == ends["fidelity"] and stage == "joint":  # the joint stage trains from the EMA UNet
+        state = state.replace(unet=state.ema_unet)
       state, m = steps[stage](state, batch, key)
       done = step + 1
       if done % cfg.train.log_every == 0 or done == total or done == stop_after:

@@ -203,3 +203,48 @@ def test_fidelity_stage_trains_the_path_only_and_exports(tiny_dataset, tmp_path)
   x = np.random.default_rng(1).uniform(0.1, 1.0, (2, 48, 48)).astype(np.float32)
   np.testing.assert_allclose(restore.restore_array(x, a, axis=0).image, restore.restore_array(x, b, axis=0).image,
                              rtol=1e-6, atol=1e-6)
+
+
+def test_joint_stage_trains_unet_and_path_for_the_output_and_starts_from_a_run(tiny_dataset, tmp_path):
+  data_dir, _ = tiny_dataset
+  opts = [f"--config.data.data_dir={data_dir}", "--config.train.ae_steps=3", "--config.train.diffusion_steps=3",
+          "--config.train.fidelity_steps=4", "--config.train.log_every=1", "--config.train.eval_every=0",
+          "--config.train.checkpoint_every=5", "--config.train.keep=5", "--config.model.fidelity_residual=True"]
+  joint = ["--config.train.joint_steps=4"]
+  quiet = lambda m: None  # noqa: E731
+  scratch = train.train(config.load("tiny.py:fidelity", opts + joint), tmp_path / "scratch", log=quiet)
+  assert [r["stage"] for r in scratch["history"]] == ["ae"] * 3 + ["diffusion"] * 3 + ["fidelity"] * 4 + ["joint"] * 4
+  assert all(np.isfinite(r["loss"]) and -1 <= r["ssim"] <= 1 for r in scratch["history"] if r["stage"] == "joint")
+  plain = train.train(config.load("tiny.py:fidelity", opts), tmp_path / "plain", log=quiet)
+  s, p = scratch["state"], plain["state"]
+  for a, b in zip(jax.tree.leaves(s.ae), jax.tree.leaves(p.ae)):  # the decoder stays frozen
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for name in ("unet", "fid"):  # both networks learn from the output's loss
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(jax.tree.leaves(getattr(s, name)), jax.tree.leaves(getattr(p, name))))
+    assert diff > 0, name
+  for a, b in zip(jax.tree.leaves(s.unet), jax.tree.leaves(s.ema_unet)):  # what is exported is what trained
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # --init-from a run that stopped after its fidelity stage, or that has a joint stage of its own
+  # (its checkpoint at the end of the fidelity stage is used, not its latest): the joint stage alone
+  # ends with the weights of the run from scratch
+  for source in ("plain", "scratch"):
+    logs = []
+    warm = train.train(config.load("tiny.py:fidelity", opts + joint), tmp_path / f"warm_{source}", log=logs.append,
+                       init_from=tmp_path / source)
+    assert any("started at step 10 (joint stage)" in m for m in logs), logs
+    assert [r["stage"] for r in warm["history"]] == ["joint"] * 4
+    for a, b in zip(jax.tree.leaves(scratch["state"]), jax.tree.leaves(warm["state"])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # a run whose checkpoints all come after its own joint stage changed the UNet is refused
+  import shutil
+
+  shutil.copytree(tmp_path / "scratch", tmp_path / "late")
+  for step in checkpoints.all_steps(tmp_path / "late")[:-1]:
+    shutil.rmtree(tmp_path / "late" / "checkpoints" / str(step))
+  assert checkpoints.all_steps(tmp_path / "late") == [14]
+  with pytest.raises(UserInputError, match="no checkpoint from step 10"):
+    train.train(config.load("tiny.py:fidelity", opts + joint), tmp_path / "late_bad", log=quiet,
+                init_from=tmp_path / "late")
+  assert not (tmp_path / "late_bad").exists()
