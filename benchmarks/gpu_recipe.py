@@ -190,6 +190,12 @@ def make_batch_fn(cfg, slices: np.ndarray):
 STAGES = ("ae", "diffusion", "fidelity", "joint")
 
 
+def active_stages(setup, state) -> list[str]:
+  """The stages this config trains (no autoencoder in pixel space, no path, no joint steps)."""
+  return [s for s in STAGES if not (s == "ae" and setup.restorer.ae_def is None or s == "fidelity" and state.fid is None
+                                    or s == "joint" and not trainer.joint_steps(setup.cfg))]
+
+
 def stage_ends(cfg, setup) -> dict:
   ends = {"ae": int(cfg.train.ae_steps) if setup.restorer.ae_def is not None else 0}
   ends["diffusion"] = ends["ae"] + int(cfg.train.diffusion_steps)
@@ -204,10 +210,7 @@ def warm_and_time(steps: dict, setup, state, batch_fn, data_key, n: int) -> tupl
   compile_s, per_step = {}, {}
   key = jax.random.key(0)
   batch = batch_at(batch_fn(data_key), 0)
-  for stage in STAGES:
-    if (stage == "ae" and setup.restorer.ae_def is None or stage == "fidelity" and state.fid is None
-        or stage == "joint" and not trainer.joint_steps(setup.cfg)):
-      continue
+  for stage in active_stages(setup, state):
     t = time.perf_counter()
     jax.block_until_ready(steps[stage](state, batch, key))
     compile_s[stage] = time.perf_counter() - t
@@ -380,7 +383,7 @@ def check(cfg, slices) -> dict:
   draw = jax.eval_shape(batch_fn, key)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), draw)
   steps = trainer.make_steps(setup)
-  losses = {s: sorted(jax.eval_shape(steps[s], state, batch, key)[1]) for s in STAGES}
+  losses = {s: sorted(jax.eval_shape(steps[s], state, batch, key)[1]) for s in active_stages(setup, state)}
   return {"carried_wheels": _ADDED_WHEELS, "coil_branches": n_combos,
           "draw": {k: [list(v.shape), str(v.dtype)] for k, v in draw.items()}, "metrics": losses,
           "modules": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}
@@ -394,7 +397,7 @@ def estimate(cfg, slices, log) -> dict:
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(batch_fn, key))
   steps = trainer.make_steps(setup)
   out = {"batch_fn (per draw)": flops(batch_fn, key)}
-  for stage in STAGES:
+  for stage in active_stages(setup, state):
     out[stage] = flops(steps[stage], state, batch, key)
   log("TFLOP per step: " + ", ".join(f"{k} {v / 1e12:.4f}" for k, v in out.items()))
   return out

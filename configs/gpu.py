@@ -28,12 +28,14 @@ Size estimate (how the step counts were chosen; no GPU was at hand, so this is a
   20–50 ms per draw of 4 batches): 30–80 s more. Compilation (the generator with its 12 simulator
   branches, the stages' steps; the tiny generator took 61 s to compile on the CPU) guessed 60–120 s;
   evaluation ≤ 100 s (the script stops the real-scan part when the budget is spent).
-  Total ≈ 265–525 s, middle ≈ 395 s. The joint stage (1,000 steps, added later) was not in
-  this estimate: its step is a UNet and a decoder pass with both backward, about the diffusion
-  and fidelity steps together (≈ 2 TFLOP), so the calibration will rescale the counts down.
+  Total ≈ 265–525 s, middle ≈ 395 s.
+The joint stage is off here, as in the shipped config (on the CPU it did not help on real scans:
+benchmarks/RESULTS.md, sixth pass); `--set train.joint_steps=N` adds it (its step is about the
+diffusion and fidelity steps together, ≈ 2 TFLOP at batch 64). The tiny variant keeps 4 joint
+steps, so the CPU smoke run goes through that stage's wiring.
 Because the spread is wide, the script measures the real step times after compiling and, when
 the counts below would overrun its budget (`--budget-s`, default 480 s for the whole run) or use
-less than 2/3 of it, rescales all four stages by one factor and compiles the steps again
+less than 2/3 of it, rescales all the stages by one factor and compiles the steps again
 (`--budget-s 0` trains exactly these counts, for runs that must repeat). results.json records
 the counts used.
 """
@@ -66,7 +68,6 @@ def get_config(arg=None):
   c.train.ae_steps = 2_500
   c.train.diffusion_steps = 2_500
   c.train.fidelity_steps = 1_250
-  c.train.joint_steps = 1_000
   c.train.log_every = 100
   c.train.compute_dtype = "float32"  # TF32 convolutions on the GPU; "bfloat16" is faster, less tested
   if arg == "tiny":

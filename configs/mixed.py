@@ -19,7 +19,8 @@ from configs import default
 
 
 def get_config(arg=None):
-  """`arg` = 'no_fidelity': the same run without the fidelity path (the ablation)."""
+  """`arg` = 'no_fidelity': the same run without the fidelity path (the ablation); 'joint': with
+  4,500 joint-stage steps after the fidelity stage (UNet + path trained on the output's loss)."""
   c = default.get_config()
   c.data.name = "mri_pairs/mixed128"
   c.model.fidelity = arg != "no_fidelity"
@@ -27,8 +28,10 @@ def get_config(arg=None):
   c.train.diffusion_steps = 6_000
   c.model.fidelity_residual = c.model.fidelity
   c.train.fidelity_steps = 6_000 if c.model.fidelity else 0
-  c.train.joint_steps = 4_500
+  # 'joint': the joint stage after the others (tried in the sixth pass of issue 15, not shipped:
+  # benchmarks/RESULTS.md); the shipped weights have none
+  c.train.joint_steps = 4_500 if arg == "joint" else 0
   c.train.eval_every = 500
-  if arg not in (None, "", "no_fidelity"):
-    raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity)")
+  if arg not in (None, "", "no_fidelity", "joint"):
+    raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity, joint)")
   return c

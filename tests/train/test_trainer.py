@@ -124,7 +124,7 @@ def test_checkpoints_are_keyed_by_names(full_run):
 
 @pytest.mark.parametrize("spec", ["default.py", "tiny.py", "ablations/no_n4.py", "ablations/ddpm_from_noise.py",
                                   "ablations/ddpm_from_noise.py:cosine", "ablations/rev_warmup.py",
-                                  "ablations/pixel_space.py", "ablations/steps_k.py:4"])
+                                  "ablations/pixel_space.py", "ablations/steps_k.py:4", "mixed.py", "mixed.py:joint"])
 def test_every_config_builds_its_restorer_and_one_step_runs(spec):
   import jax.numpy as jnp
 
