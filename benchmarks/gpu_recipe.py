@@ -20,7 +20,7 @@ heudiconv):
   python benchmarks/gpu_recipe.py --make-assets
   pip download ml_collections==1.1.0 tqdm==4.70.1 --no-deps -d benchmarks/gpu_assets/wheels/
 
-Phases, each timed in results.json: setup (assets, config), compile (batch generator, the four
+Phases, each timed in results.json: setup (assets, config), compile (batch generator, the configured
 stages' steps), calibrate (a few timed steps; the step counts are rescaled to `--budget-s` unless it is
 0), train, export (`checkpoints.save_weights` → $OUT/weights, the folder
 `mri-jax restore --checkpoint` reads), eval_synthetic (held-out on-device batches: restored vs
@@ -375,7 +375,7 @@ def flops(fn, *args) -> float:
 
 
 def check(cfg, slices) -> dict:
-  """Traces the on-device batch and the four stages' training steps (shapes only, nothing compiled):
+  """Traces the on-device batch and the configured stages' training steps (shapes only, nothing compiled):
   the wiring, checked in seconds (tests/test_gpu_recipe.py)."""
   setup, state = trainer.make_setup(cfg)
   batch_fn, n_combos = make_batch_fn(cfg, slices)

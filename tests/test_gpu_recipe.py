@@ -36,7 +36,7 @@ def _bare_site(tmp: Path) -> Path:
 
 
 def test_recipe_wiring_without_the_missing_packages(tmp_path):
-  """`--check` traces the on-device batch and the trainer's four stages' steps (nothing compiled) in a
+  """`--check` traces the on-device batch and the trainer's steps of the tiny config's four stages (nothing compiled) in a
   Python that cannot import grain / tfds / nibabel / nilearn / ml_collections / tqdm / … ."""
   env = {**os.environ, "PYTHONPATH": str(_bare_site(tmp_path)), "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)

@@ -7,8 +7,9 @@ logs and PNGs from `writers`.
 `train(config, workdir)` runs the stages for `train.ae_steps` + `train.diffusion_steps` (+
 `train.fidelity_steps` + `train.joint_steps`) global steps (a step counter shared by the stages),
 resuming from the latest checkpoint in `workdir`. The joint stage trains the UNet and the fidelity
-path together on what inference returns: the K-step restored image (the configured K) against the
-clean image, L1 + w·(1 − SSIM), through the frozen decoder. The earlier stages train each network on
+path together on the network's restored image (the configured K sampler steps, then the frozen
+decoder with the path at weight 1, as the fidelity stage trains it; before restore's own N4,
+low-frequency fix, blend and clamp) against the clean image, L1 + w·(1 − SSIM). The earlier stages train each network on
 its own target (the latent diffusion loss, the decoder's path from a fixed latent); this one trains
 them for the output. It starts from the UNet's EMA weights (what the fidelity path was trained
 with) and keeps the EMA copy equal to the trained weights, so the exported UNet and path match. The batch is a globally sharded `jax.Array` on the mesh's 'data'
@@ -297,9 +298,10 @@ def _check_init_from(cfg, run) -> tuple[Path, str, int, int]:
   if differ:
     raise UserInputError(f"--init-from '{run}': its config differs from this one in {', '.join(differ)} "
                          "(only the fidelity path's and the joint stage's settings may differ)")
-  fid_names = ["train.fidelity_steps"] + [f"model.{k}" for k in cfg.model if k.startswith("fidelity")]
+  # the path's training (its inference-only weight aside) and its steps
+  fid_names = [f"model.{k}" for k in cfg.model if k.startswith("fidelity") and k != "fidelity_weight"]
   unet_end = _unet_end(cfg)
-  if joint_steps(cfg) and not _differ(src, cfg, fid_names):
+  if joint_steps(cfg) and not _differ(src, cfg, fid_names) and fidelity_steps(src) == fidelity_steps(cfg):
     stage, step = "joint", unet_end + fidelity_steps(cfg)
   elif fidelity_steps(cfg):
     stage, step = "fidelity", unet_end

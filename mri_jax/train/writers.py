@@ -30,6 +30,11 @@ def check_workdir(config_json: dict, workdir: Path, *, write: bool) -> None:
     if diff:
       raise UserInputError(f"workdir '{workdir}' holds a run with a different {', '.join(diff)} config; "
                            "use another --workdir (or delete it to start over)")
+    joint = lambda c: bool((c.get("train") or {}).get("joint_steps", 0))  # noqa: E731
+    if joint(theirs) != joint(config_json):  # its checkpoints hold (or lack) the joint stage's optimiser
+      raise UserInputError(f"workdir '{workdir}' holds a run {'with' if joint(theirs) else 'without'} a joint stage "
+                           f"(train.joint_steps); to {'drop' if joint(theirs) else 'add'} it, train in a new "
+                           f"--workdir with --init-from '{workdir}'")
   elif write:
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(config_json, indent=2).encode())

@@ -226,6 +226,16 @@ def test_joint_stage_trains_unet_and_path_for_the_output_and_starts_from_a_run(t
   for a, b in zip(jax.tree.leaves(s.unet), jax.tree.leaves(s.ema_unet)):  # what is exported is what trained
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+  # killed at the very start of the joint stage: the resumed run switches to the EMA UNet again
+  train.train(config.load("tiny.py:fidelity", opts + joint), tmp_path / "killed", log=quiet, stop_after=10)
+  resumed = train.train(config.load("tiny.py:fidelity", opts + joint), tmp_path / "killed", log=quiet)
+  assert [r["stage"] for r in resumed["history"]] == ["joint"] * 4
+  for a, b in zip(jax.tree.leaves(scratch["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # a workdir keeps its stages: adding the joint stage in place is refused in one line
+  with pytest.raises(UserInputError, match="without a joint stage"):
+    train.train(config.load("tiny.py:fidelity", opts + joint), tmp_path / "plain", log=quiet)
+
   # --init-from a run that stopped after its fidelity stage, or that has a joint stage of its own
   # (its checkpoint at the end of the fidelity stage is used, not its latest): the joint stage alone
   # ends with the weights of the run from scratch
