@@ -196,14 +196,6 @@ def active_stages(setup, state) -> list[str]:
                                     or s == "joint" and not trainer.joint_steps(setup.cfg))]
 
 
-def stage_ends(cfg, setup) -> dict:
-  ends = {"ae": int(cfg.train.ae_steps) if setup.restorer.ae_def is not None else 0}
-  ends["diffusion"] = ends["ae"] + int(cfg.train.diffusion_steps)
-  ends["fidelity"] = ends["diffusion"] + trainer.fidelity_steps(cfg)
-  ends["joint"] = ends["fidelity"] + trainer.joint_steps(cfg)
-  return ends
-
-
 def warm_and_time(steps: dict, setup, state, batch_fn, data_key, n: int) -> tuple[dict, dict]:
   """Compiles the jitted `steps` of the configured stages (first call) and times `n` more calls of
   each; ({stage: compile s}, {stage: s per step}). The state is left untouched."""
@@ -241,7 +233,7 @@ def rescale(cfg, per_step: dict, seconds: float) -> float:
 def train(cfg, setup, steps: dict, state, batch_fn, log) -> tuple[object, list]:
   """The stages with the trainer's jitted `steps`; keys as `trainer.train` (fold_in(step)), and
   the joint stage starts from the EMA UNet as there."""
-  ends = stage_ends(cfg, setup)
+  ends = trainer.stage_ends(cfg, setup.restorer)
   base = jax.random.key(cfg.seed)
   data_key = jax.random.fold_in(base, DATA_BRANCH)
   history, t0 = [], time.perf_counter()
@@ -249,11 +241,10 @@ def train(cfg, setup, steps: dict, state, batch_fn, log) -> tuple[object, list]:
   draws = int(cfg.data.batches_per_draw)
   for step in range(total):
     stage = next(name for name, end in ends.items() if step < end)
-    if step == ends["fidelity"] and stage == "joint":
-      state = state.replace(unet=state.ema_unet)
     if step % draws == 0:
       draw = batch_fn(jax.random.fold_in(data_key, step // draws))
-    state, m = steps[stage](state, batch_at(draw, step % draws), jax.random.fold_in(base, step))
+    state, m = steps[stage](trainer.begin_step(state, step, stage, ends), batch_at(draw, step % draws),
+                            jax.random.fold_in(base, step))
     done = step + 1
     if done % int(cfg.train.log_every) == 0 or done == ends[stage]:
       m = {k: float(v) for k, v in m.items()}

@@ -11,7 +11,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import struct
 
@@ -49,21 +48,22 @@ class TrainState:
     return {"ae": self.ae, "unet": self.ema_unet, "fid": self.fid}
 
 
-def make_tx(cfg_opt, steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warm-up and cosine decay, global-norm clipping."""
+def make_tx(cfg_opt, steps: int, peak_lr: float | None = None) -> optax.GradientTransformation:
+  """AdamW with linear warm-up to `peak_lr` (default `cfg_opt.lr`) and cosine decay, global-norm
+  clipping."""
   steps = max(int(steps), 1)
   warmup = min(int(cfg_opt.warmup), max(steps - 1, 0))
-  lr = optax.warmup_cosine_decay_schedule(0.0, cfg_opt.lr, warmup, steps, cfg_opt.lr * cfg_opt.final_lr_fraction)
+  peak = float(cfg_opt.lr if peak_lr is None else peak_lr)
+  lr = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, peak * cfg_opt.final_lr_fraction)
   return optax.chain(optax.clip_by_global_norm(cfg_opt.clip), optax.adamw(lr, weight_decay=cfg_opt.weight_decay))
 
 
 def optimisers(cfg) -> tuple[optax.GradientTransformation, ...]:
   """(autoencoder, UNet, fidelity path, joint stage) optimisers, each scheduled over its own
   stage's steps (the joint stage's peak rate is `train.joint_lr`)."""
-  joint = cfg.optimizer.to_dict()
-  joint["lr"] = float(cfg.train.get("joint_lr", cfg.optimizer.lr))
   return (make_tx(cfg.optimizer, cfg.train.ae_steps), make_tx(cfg.optimizer, cfg.train.diffusion_steps),
-          make_tx(cfg.optimizer, fidelity_steps(cfg)), make_tx(ml_collections.ConfigDict(joint), joint_steps(cfg)))
+          make_tx(cfg.optimizer, fidelity_steps(cfg)),
+          make_tx(cfg.optimizer, joint_steps(cfg), cfg.train.get("joint_lr", cfg.optimizer.lr)))
 
 
 def fidelity_steps(cfg) -> int:

@@ -83,6 +83,14 @@ def _cast(tree, dtype):
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def _image_loss(out, clean, mask, ssim_weight) -> tuple[jax.Array, dict]:
+  """L1 + ssim_weight·(1 − SSIM) of images `out` against `clean`, both (B, X, Y); (loss, metrics)."""
+  l1 = jnp.mean(jnp.abs(out - clean))
+  ssim = jnp.mean(jax.vmap(metrics.ssim)(out, clean, jnp.ones_like(mask)))
+  loss = l1 + ssim_weight * (1.0 - ssim)
+  return loss, {"loss": loss, "l1": l1, "ssim": ssim}
+
+
 def ae_loss(setup, params, batch, key):
   """Autoencoder loss on the clean images: L1 + w·(1 − SSIM) + KL weight · KL; (loss, metrics)."""
   cfg = setup.cfg.loss
@@ -90,11 +98,10 @@ def ae_loss(setup, params, batch, key):
   dt = compute_dtype(setup.cfg)
   rec, mean, logvar = setup.restorer.autoencoder(_cast(params, dt))(clean.astype(dt), key)
   rec, mean, logvar = (a.astype(jnp.float32) for a in (rec, mean, logvar))
-  l1 = jnp.mean(jnp.abs(rec - clean))
-  ssim = jnp.mean(jax.vmap(metrics.ssim)(rec[..., 0], clean[..., 0], jnp.ones_like(mask)))
+  loss, m = _image_loss(rec[..., 0], clean[..., 0], mask, cfg.ssim_weight)
   kl = 0.5 * jnp.mean(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar)
-  loss = l1 + cfg.ssim_weight * (1.0 - ssim) + cfg.kl_weight * kl
-  return loss, {"loss": loss, "l1": l1, "ssim": ssim, "kl": kl}
+  loss = loss + cfg.kl_weight * kl
+  return loss, {**m, "loss": loss, "kl": kl}
 
 
 def diffusion_loss(setup, params, ae_params, batch, key):
@@ -127,10 +134,7 @@ def fidelity_loss(setup, params, state: TrainState, batch, key):
   dt = compute_dtype(cfg)
   pixels = fidelity.pixels(corrupted, n4, log_field)
   out = r.decode(_cast(state.ae, dt), z.astype(dt), _cast(params, dt), pixels.astype(dt), 1.0).astype(jnp.float32)
-  l1 = jnp.mean(jnp.abs(out - clean))
-  ssim = jnp.mean(jax.vmap(metrics.ssim)(out[..., 0], clean[..., 0], jnp.ones_like(mask)))
-  loss = l1 + cfg.loss.ssim_weight * (1.0 - ssim)
-  return loss, {"loss": loss, "l1": l1, "ssim": ssim}
+  return _image_loss(out[..., 0], clean[..., 0], mask, cfg.loss.ssim_weight)
 
 
 def joint_loss(setup, params, state: TrainState, batch, key):
@@ -143,10 +147,7 @@ def joint_loss(setup, params, state: TrainState, batch, key):
   p = {"ae": _cast(state.ae, dt), "unet": _cast(params["unet"], dt), "fid": _cast(params["fid"], dt)}
   out = r.restore(p, corrupted.astype(dt), n4.astype(dt), log_field.astype(dt), key,
                   k=int(cfg.schedule.sample_steps), fidelity_weight=1.0).astype(jnp.float32)
-  l1 = jnp.mean(jnp.abs(out - clean[..., 0]))
-  ssim = jnp.mean(jax.vmap(metrics.ssim)(out, clean[..., 0], jnp.ones_like(mask)))
-  loss = l1 + cfg.loss.ssim_weight * (1.0 - ssim)
-  return loss, {"loss": loss, "l1": l1, "ssim": ssim}
+  return _image_loss(out, clean[..., 0], mask, cfg.loss.ssim_weight)
 
 
 def _ema(ema, params, decay):
@@ -265,6 +266,24 @@ _NOT_SHARED_MODEL = ("n4_iterations",)
 # The fields `init_from` copies when starting at each stage.
 _START_FIELDS = {"fidelity": ("ae", "opt_ae", "unet", "ema_unet", "opt_unet"),
                  "joint": ("ae", "opt_ae", "unet", "ema_unet", "opt_unet", "fid", "opt_fid")}
+
+
+def stage_ends(cfg, restorer: Restorer) -> dict[str, int]:
+  """{stage: the global step at which it ends}, in training order (a stage of 0 steps ends where
+  the previous one does; no autoencoder stage in pixel space)."""
+  ends = {"ae": int(cfg.train.ae_steps) if restorer.ae_def is not None else 0}
+  ends["diffusion"] = ends["ae"] + int(cfg.train.diffusion_steps)
+  ends["fidelity"] = ends["diffusion"] + fidelity_steps(cfg)
+  ends["joint"] = ends["fidelity"] + joint_steps(cfg)
+  return ends
+
+
+def begin_step(state: TrainState, step: int, stage: str, ends: dict[str, int]) -> TrainState:
+  """The state a step of `stage` at global `step` starts from: at the joint stage's first step the
+  UNet is replaced by its EMA copy (what the fidelity path was trained with)."""
+  if stage == "joint" and step == ends["fidelity"]:
+    return state.replace(unet=state.ema_unet)
+  return state
 
 
 def _unet_end(cfg) -> int:
@@ -395,10 +414,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
                                       seed=cfg.seed, source=val_source, shuffle=False, allow_small=True,
                                       process_sharding=sharding, fields=_TRAIN_FIELDS)
   # The stages in order, each ending at a global step.
-  ends = {"ae": cfg.train.ae_steps if setup.restorer.ae_def is not None else 0}
-  ends["diffusion"] = ends["ae"] + cfg.train.diffusion_steps
-  ends["fidelity"] = ends["diffusion"] + fidelity_steps(cfg)
-  ends["joint"] = ends["fidelity"] + joint_steps(cfg)
+  ends = stage_ends(cfg, setup.restorer)
   total = ends["joint"]
 
   def stage_of(step: int) -> str:
@@ -456,9 +472,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       batch = pipeline.to_global(next(it), mesh)
       key = jax.random.fold_in(base, step)
       stage = stage_of(step)
-      if step == ends["fidelity"] and stage == "joint":  # the joint stage trains from the EMA UNet
-        state = state.replace(unet=state.ema_unet)
-      state, m = steps[stage](state, batch, key)
+      state, m = steps[stage](begin_step(state, step, stage, ends), batch, key)
       done = step + 1
       if done % cfg.train.log_every == 0 or done == total or done == stop_after:
         m = {k: float(v) for k, v in m.items()}
