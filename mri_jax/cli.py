@@ -131,7 +131,8 @@ def _cmd_train(args) -> int:
   cfg = config.load(args.config, args.overrides)
   distributed.initialize(distributed=args.distributed, coordinator=args.coordinator,
                          num_processes=args.num_processes, process_id=args.process_id, timeout=args.init_timeout)
-  result = train.train(cfg, args.workdir, log=lambda m: print(m, flush=True), init_from=args.init_from)
+  result = train.train(cfg, args.workdir, log=lambda m: print(m, flush=True), init_from=args.init_from,
+                       warm_start=args.warm_start)
   print(f"done: {args.workdir} (final {result['final']})")
   return 0
 
@@ -346,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "starts at the fidelity stage with RUN's autoencoder and UNet (as a run from "
                       "scratch would have them), so only the fidelity path is trained (multi-host: RUN on "
                       "storage every host reads)")
+  p.add_argument("--warm-start", metavar="WEIGHTS",
+                 help="fine-tune: a new WORKDIR starts from the networks of WEIGHTS (a folder written "
+                      "by `mri-jax export-weights`, e.g. mri_jax/weights/default, or a run's workdir) "
+                      "instead of random ones, with fresh optimisers, and trains every stage of the "
+                      "config on its data (set a stage's steps to 0 to keep that network)")
   g = p.add_argument_group("multi-host (jax.distributed.initialize; run the same command on every host)")
   g.add_argument("--distributed", action="store_true",
                  help="initialise jax.distributed, detecting the cluster (Cloud TPU pod, SLURM, Open MPI)")

@@ -70,6 +70,11 @@ class MixSettings(NamedTuple):
     p_lowres: share of images acquired at a lower resolution.
     max_lowres: largest resolution-loss factor per axis.
     p_zero_background: share of images whose background is masked to zero after corruption.
+    p_detail: share of images given pixel-scale detail after framing (`pixel_detail`: fine
+      texture and thin curvilinear lines, as sulci, vessels and septa show on real scans); 0 in
+      the `mixed128` build, whose records stay as they were.
+    detail_lattice: lattice points per axis of the field whose level sets draw the thin lines
+      (their spacing sets how tightly they curve).
   """
 
   size: int = 128
@@ -82,6 +87,8 @@ class MixSettings(NamedTuple):
   p_lowres: float = 0.5
   max_lowres: float = 3.0
   p_zero_background: float = 0.15
+  p_detail: float = 0.0
+  detail_lattice: int = 16
 
 
 class Example(NamedTuple):
@@ -219,6 +226,31 @@ def _framing(key: jax.Array, foreground: jax.Array, settings: MixSettings) -> ja
   return (x + 1.0) / 2.0 * c - 0.5
 
 
+def pixel_detail(key: jax.Array, image: jax.Array, foreground: jax.Array, lattice: int = 16) -> jax.Array:
+  """`image` (S, S) with detail at the scale of its own pixels, inside `foreground` only.
+
+  Framing magnifies the canvas (zoom up to 2×, tight crops more), so framed images alone are
+  smoother per pixel than real scans of the same size; this adds what they lack:
+  - fine texture: × (1 + a·n) with n a smooth field on a lattice of S/2 points (≈ 2 px grain),
+    a ~ U(0, 0.12);
+  - thin lines: the zero level set of a smooth field on `lattice` points per axis, drawn with a
+    width of about 1–2 px (exp(−(f/w)²), w random), dark (sulci, septa, flow voids) or bright
+    (vessels, fat planes) by a random contrast up to ±60% of the local intensity.
+  """
+  s = image.shape[-1]
+  k_tex, k_amp, k_line, k_w, k_c, k_sign, k_on = jax.random.split(key, 7)
+  amp = jax.random.uniform(k_amp, (), maxval=0.12)
+  texture = labels_lib.smooth_noise(k_tex, 1, (s, s), max(s // 2, 8))[0]
+  f = labels_lib.smooth_noise(k_line, 1, (s, s), lattice)[0]
+  width = jax.random.uniform(k_w, (), minval=0.04, maxval=0.12)
+  lines = jnp.exp(-(f / width) ** 2) * jax.random.bernoulli(k_on, 0.8)
+  contrast = jax.random.uniform(k_c, (), minval=0.2, maxval=0.6) * jnp.where(
+      jax.random.bernoulli(k_sign, 0.6), -1.0, 1.0)
+  fg = jnp.clip(foreground, 0.0, 1.0)
+  detailed = image * jnp.maximum(1.0 + amp * texture, 0.0) * (1.0 + contrast * lines)
+  return jnp.maximum(image + fg * (detailed - image), 0.0)
+
+
 def _window(key: jax.Array, settings: MixSettings) -> jax.Array:
   """(S, S) field of view of an embedded image (random sides, centred or not) or all ones."""
   k = jax.random.split(key, 4)
@@ -259,6 +291,10 @@ def example(key: jax.Array, slices: jax.Array, settings: MixSettings = MixSettin
       filled, ndimage.map_coordinates(a, list(coords), order=1, mode="mirror"),
       ndimage.map_coordinates(a, list(coords), order=1, mode="constant", cval=0.0))
   image, foreground = warp(image), warp(fg)
+  if settings.p_detail > 0:  # (static: builds without detail draw no extra keys and stay as they were)
+    k_det, k_on = jax.random.split(jax.random.fold_in(key, 1))
+    image = jnp.where(jax.random.bernoulli(k_on, settings.p_detail),
+                      pixel_detail(k_det, image, foreground, settings.detail_lattice), image)
   # Resolution: partial volume always, a coarser acquisition grid sometimes (often one axis).
   pv = jax.random.uniform(k_pv, (), maxval=0.7)
   kk = jax.random.split(k_lowp, 3)

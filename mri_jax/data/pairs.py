@@ -63,6 +63,8 @@ class PairsConfig:
       scenes with random contrast and geometry; 2-D only).
     corruption: `training_ranges` variant ('' = the default ranges, 'wide', 'single_coil').
     canvas: 'mixed' only: side of the square canvas scenes are drawn on (pixels of voxel_mm).
+    detail: 'mixed' only: finer images per pixel (`mix_settings`): less magnification, fewer
+      low-resolution acquisitions, pixel-scale texture and thin lines.
   """
 
   dims: int = 2
@@ -77,6 +79,7 @@ class PairsConfig:
   anatomy: str = "mni152"
   corruption: str = ""
   canvas: int = 128
+  detail: bool = False
 
   def __post_init__(self):
     if self.dims not in (2, 3):
@@ -303,11 +306,13 @@ def _subjects(config: PairsConfig, split: str, manual_dir):
 
 
 def mix_settings(config: PairsConfig) -> mixed.MixSettings:
-  """The `mixed.MixSettings` of a 'mixed' config (shells up to ≈ 48 mm deep)."""
-  return mixed.MixSettings(
-      size=config.size, min_side=min(48, config.size),
-      labels=labels.LabelSettings(canvas=config.canvas, voxel_mm=float(config.voxel_mm),
-                                  distance_steps=int(np.ceil(48 / config.voxel_mm))))
+  """The `mixed.MixSettings` of a 'mixed' config (shells up to ≈ 48 mm deep); with `detail`, the
+  framing magnifies less (zoom 0.5–1.6×, tight crops 1.5–2.5×), a third of the images (not half)
+  are low-resolution acquisitions, and 70% get pixel-scale detail (`mixed.pixel_detail`)."""
+  label_settings = labels.LabelSettings(canvas=config.canvas, voxel_mm=float(config.voxel_mm),
+                                        distance_steps=int(np.ceil(48 / config.voxel_mm)))
+  fine = dict(zoom=(0.5, 1.6), tight_zoom=(1.5, 2.5), p_lowres=0.35, p_detail=0.7) if config.detail else {}
+  return mixed.MixSettings(size=config.size, min_side=min(48, config.size), labels=label_settings, **fine)
 
 
 @functools.lru_cache(maxsize=4)

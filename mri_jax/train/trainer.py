@@ -354,8 +354,37 @@ def _start_from_run(state: TrainState, stage: str, step: int, run: Path, run_ste
   return state.replace(step=jnp.asarray(step, jnp.int32), **fields)
 
 
+# Model settings a warm-start source may differ in (used at inference only).
+_WARM_FREE_MODEL = ("n4_iterations", "fidelity_weight")
+
+
+def _check_warm_start(cfg, source) -> Path:
+  """`source` (exported weights or a run's workdir) whose networks have this config's shapes, or a
+  one-line refusal; nothing is read but its config.json."""
+  source = Path(source)
+  if not source.is_dir():
+    raise UserInputError(f"--warm-start '{source}' is not a directory (give a run's workdir or a folder "
+                         "written by `mri-jax export-weights`)")
+  src = checkpoints.read_config(source)
+  differ = _differ(src, cfg, [f"model.{k}" for k in cfg.model if k not in _WARM_FREE_MODEL])
+  if differ:
+    raise UserInputError(f"--warm-start '{source}': its networks differ from this config's in {', '.join(differ)}")
+  return source
+
+
+def _warm_start(state: TrainState, source: Path) -> TrainState:
+  """`state` with the networks of `source` in place of the random ones (the UNet and its EMA copy
+  both from the source's EMA UNet); optimisers, step and data position stay at their start."""
+  from mri_jax import restore  # noqa: PLC0415 (restore imports the models; only needed here)
+
+  params = restore.load_model(source).params
+  cast = lambda new, old: None if old is None else jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), new, old)  # noqa: E731
+  unet = cast(params["unet"], state.unet)
+  return state.replace(ae=cast(params["ae"], state.ae), unet=unet, ema_unet=unet, fid=cast(params["fid"], state.fid))
+
+
 def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = None, log=print,
-          devices=None, init_from=None) -> dict:
+          devices=None, init_from=None, warm_start=None) -> dict:
   """Trains (or resumes) the configured run in `workdir`; returns the final metrics.
 
   Args:
@@ -367,6 +396,10 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       the joint stage may differ): a new `workdir` starts at the fidelity stage (or, when the
       fidelity path's settings are the same too, at the joint stage) with its weights and the data
       position it would have reached — the state a run from scratch has there, without retraining.
+    warm_start: exported weights (`mri-jax export-weights`, e.g. the shipped default) or a run's
+      workdir with networks of this config's shapes: a new `workdir` starts at step 0 with those
+      networks instead of random ones (fine-tuning, e.g. on other data; optimisers start afresh)
+      and trains every stage of the config (a stage of 0 steps keeps its network as loaded).
 
   Returns:
     {"final": last logged metrics, "history": logged rows, "state": TrainState, "setup": Setup}.
@@ -397,8 +430,12 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
     except Exception as err:
       raise UserInputError(f"dataset {cfg.data.name} has no validation split ({type(err).__name__}); "
                            "set --config.train.eval_every=0 to train without validation") from None
+  if init_from is not None and warm_start is not None:
+    raise UserInputError("--init-from and --warm-start exclude each other (give one)")
   if init_from is not None:
     init_from, init_stage, init_start, init_step = _check_init_from(cfg, init_from)
+  if warm_start is not None:
+    warm_start = _check_warm_start(cfg, warm_start)
   writers.check_workdir(json.loads(cfg.to_json_best_effort()), workdir, write=lead)
 
   # ---- data, networks, state (resumed from the latest checkpoint)
@@ -430,9 +467,14 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       writers.truncate_log(workdir, start)
     nets = "autoencoder and UNet" if init_stage == "fidelity" else "autoencoder, UNet and fidelity path"
     log(f"started at step {start} ({init_stage} stage) with the {nets} of {init_from}")
+  elif warm_start is not None and not start:
+    state = _warm_start(state, warm_start)
+    ckpt.save(0, state, data_iterator=it)  # a restart without --warm-start resumes from these weights
+    log(f"started at step 0 with the networks of {warm_start}")
   elif start:
-    if init_from is not None:
-      log(f"--init-from ignored: {workdir} already holds a run (resuming it)")
+    if init_from is not None or warm_start is not None:
+      log(f"--{'init-from' if init_from is not None else 'warm-start'} ignored: {workdir} already holds a run "
+          "(resuming it)")
     state = ckpt.restore(start, state, data_iterator=it)
     if lead:
       writers.truncate_log(workdir, start)  # steps logged after that checkpoint are logged again

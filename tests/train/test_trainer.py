@@ -124,7 +124,8 @@ def test_checkpoints_are_keyed_by_names(full_run):
 
 @pytest.mark.parametrize("spec", ["default.py", "tiny.py", "ablations/no_n4.py", "ablations/ddpm_from_noise.py",
                                   "ablations/ddpm_from_noise.py:cosine", "ablations/rev_warmup.py",
-                                  "ablations/pixel_space.py", "ablations/steps_k.py:4", "mixed.py", "mixed.py:joint"])
+                                  "ablations/pixel_space.py", "ablations/steps_k.py:4", "mixed.py", "mixed.py:joint",
+                                  "mixed.py:fine"])
 def test_every_config_builds_its_restorer_and_one_step_runs(spec):
   import jax.numpy as jnp
 
@@ -258,3 +259,68 @@ def test_joint_stage_trains_unet_and_path_for_the_output_and_starts_from_a_run(t
     train.train(config.load("tiny.py:fidelity", opts + joint), tmp_path / "late_bad", log=quiet,
                 init_from=tmp_path / "late")
   assert not (tmp_path / "late_bad").exists()
+
+
+def test_warm_start_fine_tunes_exported_weights_on_other_settings(tiny_dataset, tmp_path):
+  """--warm-start: a new run starts from exported weights (or a run) instead of random networks;
+  a stage of 0 steps keeps its network exactly; a killed fine-tune resumes to the same weights."""
+  from mri_jax import restore
+
+  data_dir, _ = tiny_dataset
+  quiet = lambda m: None  # noqa: E731
+  base = [f"--config.data.data_dir={data_dir}", "--config.train.log_every=1", "--config.train.eval_every=0"]
+  steps = lambda ae, diff, fid: [f"--config.train.ae_steps={ae}", f"--config.train.diffusion_steps={diff}",  # noqa: E731
+                                 f"--config.train.fidelity_steps={fid}"]
+  train.train(config.load("tiny.py:fidelity", base + steps(3, 3, 2)), tmp_path / "src", log=quiet)
+  restore.export_weights(tmp_path / "src", tmp_path / "weights")
+  src = restore.load_model(tmp_path / "weights").params
+
+  # only the UNet stage, at another learning rate: the autoencoder and the path are the source's
+  # exactly; the UNet starts from the source's EMA UNet and moves
+  fine = base + steps(0, 3, 0) + ["--config.optimizer.lr=3e-4"]
+  logs = []
+  out = train.train(config.load("tiny.py:fidelity", fine), tmp_path / "fine", log=logs.append,
+                    warm_start=tmp_path / "weights")
+  assert any("started at step 0 with the networks of" in m for m in logs), logs
+  assert [r["stage"] for r in out["history"]] == ["diffusion"] * 3
+  s = out["state"]
+  for name, field in (("ae", "ae"), ("fid", "fid")):
+    for a, b in zip(jax.tree.leaves(src[name]), jax.tree.leaves(getattr(s, field))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+              for a, b in zip(jax.tree.leaves(src["unet"]), jax.tree.leaves(s.unet)))
+  assert 0 < moved < 0.05  # fine-tuned, not re-initialised
+  # from the run's workdir (its latest checkpoint's EMA UNet = the exported one): the same weights
+  again = train.train(config.load("tiny.py:fidelity", fine), tmp_path / "fine_run", log=quiet,
+                      warm_start=tmp_path / "src")
+  for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(again["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # killed after one step: a restart without --warm-start resumes and ends with the same weights
+  train.train(config.load("tiny.py:fidelity", fine), tmp_path / "killed", log=quiet,
+              warm_start=tmp_path / "weights", stop_after=1)
+  resumed = train.train(config.load("tiny.py:fidelity", fine), tmp_path / "killed", log=quiet)
+  assert [r["stage"] for r in resumed["history"]] == ["diffusion"] * 2
+  for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # refusals, before anything is written: other network shapes, both flags, not a folder
+  with pytest.raises(UserInputError, match="model.fidelity"):
+    train.train(config.load("tiny.py", base + ["--config.train.ae_steps=0"]), tmp_path / "bad", log=quiet,
+                warm_start=tmp_path / "weights")
+  with pytest.raises(UserInputError, match="exclude each other"):
+    train.train(config.load("tiny.py:fidelity", fine), tmp_path / "bad", log=quiet,
+                warm_start=tmp_path / "weights", init_from=tmp_path / "src")
+  with pytest.raises(UserInputError, match="not a directory"):
+    train.train(config.load("tiny.py:fidelity", fine), tmp_path / "bad", log=quiet,
+                warm_start=tmp_path / "nowhere")
+  assert not (tmp_path / "bad").exists()
+
+
+def test_the_shipped_weights_fit_the_fine_tuning_config():
+  """`configs/mixed.py:fine` is meant for --warm-start from the shipped weights: their networks match."""
+  from mri_jax import restore
+  from mri_jax.train import trainer
+
+  cfg = config.load("mixed.py:fine")
+  assert cfg.data.name == "mri_pairs/mixed128fine"
+  assert trainer._check_warm_start(cfg, restore.WEIGHTS_DIR) == restore.WEIGHTS_DIR

@@ -52,6 +52,10 @@ BUILDER_CONFIGS = [
             "zoom 0.5-3.5x, crops, embedded 48-128 px images, wide corruption; 250/25/25 x 16.",
             anatomy="mixed", corruption="wide", dims=2, size=128, canvas=128, voxel_mm=2,
             slices_per_subject=16, subjects=(250, 25, 25), coils=(1, 2, 4, 8, 16, 32)),
+    _config("mixed128fine", "mixed128 finer per pixel: zoom 0.5-1.6x, crops 1.5-2.5x, fewer "
+            "low-resolution images, pixel-scale texture and thin lines (sulci, vessels, septa); 250/25/25 x 16.",
+            anatomy="mixed", corruption="wide", dims=2, size=128, canvas=128, voxel_mm=2,
+            slices_per_subject=16, subjects=(250, 25, 25), coils=(1, 2, 4, 8, 16, 32), detail=True),
     _config("mixed256", "2-D 256² multi-size mixed anatomy (1 mm canvas): embedded images of "
             "48-256 px per side in 256² records; wide corruption; 60/6/6 x 16.",
             anatomy="mixed", corruption="wide", dims=2, size=256, canvas=256, voxel_mm=1,
