@@ -271,7 +271,7 @@ def test_warm_start_fine_tunes_exported_weights_on_other_settings(tiny_dataset, 
   base = [f"--config.data.data_dir={data_dir}", "--config.train.log_every=1", "--config.train.eval_every=0"]
   steps = lambda ae, diff, fid: [f"--config.train.ae_steps={ae}", f"--config.train.diffusion_steps={diff}",  # noqa: E731
                                  f"--config.train.fidelity_steps={fid}"]
-  train.train(config.load("tiny.py:fidelity", base + steps(3, 3, 2)), tmp_path / "src", log=quiet)
+  train.train(config.load("tiny.py:fidelity", base + steps(2, 2, 2)), tmp_path / "src", log=quiet)
   restore.export_weights(tmp_path / "src", tmp_path / "weights")
   src = restore.load_model(tmp_path / "weights").params
 
@@ -290,10 +290,12 @@ def test_warm_start_fine_tunes_exported_weights_on_other_settings(tiny_dataset, 
   moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
               for a, b in zip(jax.tree.leaves(src["unet"]), jax.tree.leaves(s.unet)))
   assert 0 < moved < 0.05  # fine-tuned, not re-initialised
-  # from the run's workdir (its latest checkpoint's EMA UNet = the exported one): the same weights
-  again = train.train(config.load("tiny.py:fidelity", fine), tmp_path / "fine_run", log=quiet,
-                      warm_start=tmp_path / "src")
-  for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(again["state"])):
+  # from the run's workdir (its latest checkpoint; the EMA UNet, as exported): the same start
+  from mri_jax.train import trainer
+
+  fresh = train.make_setup(config.load("tiny.py:fidelity", fine))[1]
+  for a, b in zip(jax.tree.leaves(trainer._warm_start(fresh, tmp_path / "weights")),
+                  jax.tree.leaves(trainer._warm_start(fresh, tmp_path / "src"))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # killed after one step: a restart without --warm-start resumes and ends with the same weights
   train.train(config.load("tiny.py:fidelity", fine), tmp_path / "killed", log=quiet,
