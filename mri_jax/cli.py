@@ -152,7 +152,7 @@ def _cmd_ablations(args) -> int:
 def _restore_options(args) -> dict:
   return dict(steps=args.steps, seed=args.seed, n4=args.n4, n4_mode=args.n4_mode, batch_size=args.batch_size,
               axis=args.axis, fidelity=args.fidelity, lowfreq=args.lowfreq, noise_clamp=args.noise_clamp,
-              blend=args.blend, independent_slices=args.independent_slices)
+              blend=args.blend, wiener=args.wiener, independent_slices=args.independent_slices)
 
 
 def _cmd_restore(args) -> int:
@@ -445,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "volume with a 3-D N4), chosen from the input alone by Stein's unbiased risk estimate, so "
                       "where the network would do worse than the input α falls towards 0; costs one more "
                       "network pass (for a volume with a 3-D N4, on the --batch-size slices around its middle)")
+  p.add_argument("--no-wiener", dest="wiener", action="store_false", default=rd["wiener"],
+                 help="inside the blend, do not filter first (on by default): the network's output is the pilot of "
+                      "an empirical Wiener filter of the N4-corrected input (8×8 DCT blocks, as BM3D's second "
+                      "step) that keeps the input's own pixels where the pilot shows structure and removes noise "
+                      "where it is flat; the blend then weighs that filtered image. No effect with --no-blend")
   p.add_argument("--save-field", metavar="F", help="also write the multiplicative N4 field used")
   p.add_argument("--save-residual", metavar="F",
                  help="also write the consistency residual (input − field × restored) / σ̂: noise-like where "

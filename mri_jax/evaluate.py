@@ -237,7 +237,7 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
 
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
                  fidelity: float | None = None, lowfreq: float | None = None, independent: bool = True,
-                 noise_clamp: float | None = None, blend: bool | None = None):
+                 noise_clamp: float | None = None, blend: bool | None = None, wiener: bool | None = None):
   """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
   measured after a warm-up call (compilation) when `timed`. `independent`: the slices are separate
   images (`restore_array(independent_slices=True)`: one Otsu threshold per slice, N4 per slice, as
@@ -255,6 +255,8 @@ def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size
     kw["noise_clamp"] = noise_clamp
   if blend is not None:
     kw["blend"] = blend
+  if wiener is not None:
+    kw["wiener"] = wiener
   if timed:
     restore.restore_array(images[:batch_size], model, **kw)
   res = restore.restore_array(images, model, **kw)
@@ -322,6 +324,9 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
+  log(f"[{ts.name}] restorer without the pilot Wiener filter (the seventh pass's change)...")
+  outputs["restorer K = 1, SURE blend without the pilot Wiener filter"] = run_restorer(
+      model, ts.corrupted, 1, seed=seed, wiener=False)
   log(f"[{ts.name}] restorer without the SURE blend (noise clamp K = 1, the previous default)...")
   outputs["restorer K = 1, no SURE blend, noise clamp K = 1"] = run_restorer(
       model, ts.corrupted, 1, seed=seed, blend=False, noise_clamp=1.0)

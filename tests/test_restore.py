@@ -318,6 +318,75 @@ def test_sure_blend_picks_the_weight_that_minimises_the_true_error(noise, blur, 
   assert one[0, 0] == one[1, 0] and abs(one[0, 0] - best) < 0.12
 
 
+def test_pilot_wiener_keeps_what_the_pilot_shows_and_removes_noise():
+  """The empirical Wiener filter (BM3D's second step with a pilot): with the truth as the pilot the
+  noise drops many-fold; with a flat pilot the noise goes and the mean stays; σ = 0 leaves the image
+  alone; odd shapes and a constant image come back unchanged in shape and value."""
+  rng = np.random.default_rng(0)
+  xx, yy = np.meshgrid(np.arange(61), np.arange(70), indexing="ij")
+  truth = (50.0 + 20.0 * np.sin(xx / 3.0) * np.cos(yy / 4.0)).astype(np.float32)
+  noisy = (truth + rng.normal(0, 5.0, truth.shape)).astype(np.float32)
+  sig = np.full(truth.shape, 5.0, np.float32)
+  rmse = lambda x: float(np.sqrt(np.mean((x - truth) ** 2)))  # noqa: E731
+  out = restore._pilot_wiener(noisy, truth, sig)
+  assert out.shape == truth.shape and out.dtype == np.float32
+  assert rmse(out) < rmse(noisy) / 3
+  flat = np.full(truth.shape, 50.0, np.float32)
+  out = restore._pilot_wiener(noisy - truth + 50.0, flat, sig)  # pure noise around a level: removed
+  assert float(np.std(out)) < float(np.std(noisy - truth)) / 4 and abs(float(out.mean()) - 50.0) < 0.5
+  np.testing.assert_allclose(restore._pilot_wiener(noisy, truth, np.zeros_like(sig)), noisy, rtol=1e-5)
+  np.testing.assert_allclose(restore._pilot_wiener(flat, flat, sig), flat, rtol=1e-5)
+  # an edge the pilot does not show (pilot blurred) is still kept where the pilot has energy
+  step = np.where(yy < 35, 20.0, 80.0).astype(np.float32)
+  from scipy import ndimage
+
+  out = restore._pilot_wiener(step + rng.normal(0, 2.0, step.shape).astype(np.float32),
+                              ndimage.gaussian_filter(step, 1.0), np.full(step.shape, 2.0, np.float32))
+  assert np.abs(out - step)[:, 30:40].max() < 15.0 and float(np.abs(out - step).mean()) < 1.5
+
+
+@pytest.mark.parametrize("noise, blur", [(12.0, 1.5), (1.0, 4.0)])
+def test_sure_blend_with_the_wiener_filter_weighs_the_filtered_image(noise, blur, monkeypatch):
+  """With `wiener`, the blend weighs the pilot-filtered N4 image: its α (from the noisy input alone,
+  the probe passing through the filter) lands near the α that minimises the true error of that
+  candidate, and the result is no worse than the blend without the filter, nor than the input."""
+  from scipy import ndimage
+
+  from mri_jax.models import restorer as R
+
+  monkeypatch.setattr(restore, "BLEND_BANDS", ())
+  rng = np.random.default_rng(0)
+  xx, yy = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+  truth = np.zeros((2, 64, 64), np.float32)
+  truth[:, 6:58, 6:58] = 100.0 + 30.0 * np.sin(xx[6:58, 6:58] / 2.0) * np.cos(yy[6:58, 6:58] / 3.0)
+  mask = truth > 0
+  inputs = (truth + rng.normal(0, noise, truth.shape) * mask).astype(np.float32)
+  ones = np.ones_like(truth)
+  prep = R.prepare_slices(inputs, mask, 16, n4_backend="none", scale=np.ones(2))
+
+  def network(batches, corrupted, n4_img, desc=""):
+    rows = np.concatenate([np.arange(i * 2, i * 2 + 2) for i in batches])
+    return np.stack([ndimage.gaussian_filter(n4_img[i], blur) for i in rows])
+
+  restored = np.maximum(network([0], prep.corrupted, prep.n4)[prep.crop], 0.0)
+  mse = lambda x: float(np.mean((x - truth)[mask] ** 2))  # noqa: E731
+  args = (inputs, np.ones(2), inputs, ones, mask, np.ones_like(mask), prep, network, 2)
+  plain, _ = restore._sure_blend(restored, *args, lowfreq=None, one_weight=False, seed=0)
+  out, alphas = restore._sure_blend(restored, *args, lowfreq=None, one_weight=False, seed=0, wiener=True)
+  sigma = restore._input_sigmas(inputs, mask)
+  filtered = np.stack([restore._pilot_wiener(inputs[i], restored[i], np.full((64, 64), sigma[i], np.float32))
+                       for i in range(2)])
+  grid = np.linspace(0, 1, 101)
+  for i in range(2):
+    err = [float(np.mean((inputs[i] + a * (filtered[i] - inputs[i]) - truth[i])[mask[i]] ** 2)) for a in grid]
+    assert abs(alphas[i, 0] - grid[int(np.argmin(err))]) < 0.12, (i, alphas[i, 0], grid[int(np.argmin(err))])
+  assert mse(out) <= 1.02 * mse(plain), (mse(out), mse(plain))
+  assert mse(out) <= 1.02 * mse(inputs)
+  # restore_array's switch reaches the blend, and is checked
+  with pytest.raises(UserInputError, match="wiener"):
+    restore.check_options(wiener="yes")
+
+
 @pytest.mark.parametrize("one_weight", [False, True])
 def test_sure_blend_through_a_field_slice_scales_and_the_lowfreq_fix(one_weight, monkeypatch):
   """The same check through everything that carries units: a volume's N4 field (the prepared
