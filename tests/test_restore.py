@@ -267,12 +267,9 @@ def test_too_little_foreground_is_a_user_error():
     restore.restore_array(img)
 
 
-@pytest.mark.parametrize("noise, blur", [(12.0, 1.5), (1.0, 4.0)])
-def test_sure_blend_picks_the_weight_that_minimises_the_true_error(noise, blur, monkeypatch):
-  """A "network" that is a Gaussian blur (divergence known exactly): the blend's α, computed from the
-  noisy input alone, lands near the α that minimises the error against the (unseen) truth, and the
-  blend is never worse than both the input and the blur. Strong noise: the blur helps, α is large;
-  weak noise and a heavy blur that erases the texture: α falls towards 0 (the input)."""
+def _blur_network_case(noise: float, blur: float):
+  """Two 64² textured slices with white noise and a "network" that is a Gaussian blur of its N4
+  input (divergence known exactly): (truth, mask, inputs, ones, prep, network, restored)."""
   from scipy import ndimage
 
   from mri_jax.models import restorer as R
@@ -291,6 +288,16 @@ def test_sure_blend_picks_the_weight_that_minimises_the_true_error(noise, blur, 
     return np.stack([ndimage.gaussian_filter(n4_img[i], blur) for i in rows])
 
   restored = np.maximum(network([0], prep.corrupted, prep.n4)[prep.crop], 0.0)
+  return truth, mask, inputs, ones, prep, network, restored
+
+
+@pytest.mark.parametrize("noise, blur", [(12.0, 1.5), (1.0, 4.0)])
+def test_sure_blend_picks_the_weight_that_minimises_the_true_error(noise, blur, monkeypatch):
+  """A "network" that is a Gaussian blur (divergence known exactly): the blend's α, computed from the
+  noisy input alone, lands near the α that minimises the error against the (unseen) truth, and the
+  blend is never worse than both the input and the blur. Strong noise: the blur helps, α is large;
+  weak noise and a heavy blur that erases the texture: α falls towards 0 (the input)."""
+  truth, mask, inputs, ones, prep, network, restored = _blur_network_case(noise, blur)
   mse = lambda x: float(np.mean((x - truth)[mask] ** 2))
   # the shipped two bands: a weight per band, never worse than the one-weight blend's best
   out2, alphas2 = restore._sure_blend(restored, inputs, np.ones(2), inputs, ones, mask, np.ones_like(mask), prep,
@@ -350,25 +357,8 @@ def test_sure_blend_with_the_wiener_filter_weighs_the_filtered_image(noise, blur
   """With `wiener`, the blend weighs the pilot-filtered N4 image: its α (from the noisy input alone,
   the probe passing through the filter) lands near the α that minimises the true error of that
   candidate, and the result is no worse than the blend without the filter, nor than the input."""
-  from scipy import ndimage
-
-  from mri_jax.models import restorer as R
-
   monkeypatch.setattr(restore, "BLEND_BANDS", ())
-  rng = np.random.default_rng(0)
-  xx, yy = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
-  truth = np.zeros((2, 64, 64), np.float32)
-  truth[:, 6:58, 6:58] = 100.0 + 30.0 * np.sin(xx[6:58, 6:58] / 2.0) * np.cos(yy[6:58, 6:58] / 3.0)
-  mask = truth > 0
-  inputs = (truth + rng.normal(0, noise, truth.shape) * mask).astype(np.float32)
-  ones = np.ones_like(truth)
-  prep = R.prepare_slices(inputs, mask, 16, n4_backend="none", scale=np.ones(2))
-
-  def network(batches, corrupted, n4_img, desc=""):
-    rows = np.concatenate([np.arange(i * 2, i * 2 + 2) for i in batches])
-    return np.stack([ndimage.gaussian_filter(n4_img[i], blur) for i in rows])
-
-  restored = np.maximum(network([0], prep.corrupted, prep.n4)[prep.crop], 0.0)
+  truth, mask, inputs, ones, prep, network, restored = _blur_network_case(noise, blur)
   mse = lambda x: float(np.mean((x - truth)[mask] ** 2))  # noqa: E731
   args = (inputs, np.ones(2), inputs, ones, mask, np.ones_like(mask), prep, network, 2)
   plain, _ = restore._sure_blend(restored, *args, lowfreq=None, one_weight=False, seed=0)
