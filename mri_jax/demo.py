@@ -97,9 +97,9 @@ def demo(outdir, *, seed: int = 0, checkpoint=None, steps: int | None = None, n4
   log("corrupting it with the simulator...")
   result = simulate_array(clean, seed=seed, settings=cfg, spacing=spacing, reference_mask=mask)
   corrupted, bias = np.asarray(result.image), np.asarray(result.bias)
-  log("N4 (JAX, 3-D, shrink 4)...")
+  log("N4 (JAX, 3-D, shrink ≤ 4, the fit on ≥ 64 voxels per axis as restore's)...")
   t0 = time.perf_counter()
-  n4_img = np.asarray(n4.n4(corrupted, settings=n4.N4Settings(shrink=4)).corrected)
+  n4_img = np.asarray(n4.n4(corrupted, settings=n4.N4Settings(shrink=4, min_shrunk=restore.RESTORE_N4_MIN_SHRUNK)).corrected)
   t_n4 = time.perf_counter() - t0
   log(f"restoring {clean.shape[-1]} axial slices ({model.source})...")
   res = restore.restore_array(corrupted, model, steps=steps, seed=seed, spacing=spacing, affine=affine,

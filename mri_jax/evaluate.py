@@ -15,7 +15,7 @@ Test sets (never used in training):
   is not judged only by the simulator it was trained on. The restorer runs with K = 1 and the
   model's default K there; the same caveat on noisy references holds.
 
-Methods, all on the same slices: the corrupted input; SimpleITK N4 (shrink 4); N4 followed by
+Methods, all on the same slices: the corrupted input; SimpleITK N4 (shrink ≤ 4, the fit on ≥ 64 px per axis, as restore's); N4 followed by
 dipy's Rician non-local means and by scikit-image's NLM (σ estimated from the N4 image by
 scikit-image's wavelet estimator); BM3D when the `bm3d` package is installed; the oracle
 "divide by the true bias field"; the restorer with K = 1 and K = `steps` network passes.
@@ -139,12 +139,18 @@ def real_scan_sets(seed: int = 1, slices: int = 8,
 # --------------------------------------------------------------------------------------------
 # Baselines
 # --------------------------------------------------------------------------------------------
-def n4_sitk_slices(images: np.ndarray) -> tuple[np.ndarray, float]:
-  """SimpleITK N4 (shrink 4, Otsu mask) per slice; (corrected, seconds per slice)."""
-  from mri_jax import n4
+N4_LABEL = "N4 (SimpleITK, shrink ≤ 4, fit ≥ 64 px)"  # the row of `n4_sitk_slices`
 
+
+def n4_sitk_slices(images: np.ndarray) -> tuple[np.ndarray, float]:
+  """SimpleITK N4 (shrink 4, lowered so the fit keeps ≥ 64 voxels per axis as restore's N4 does:
+  `restore.RESTORE_N4_MIN_SHRUNK`; Otsu mask) per slice; (corrected, seconds per slice). The
+  classic pipelines start from it, so they get the same N4 as the restorer."""
+  from mri_jax import n4, restore
+
+  settings = n4.N4Settings(shrink=4, min_shrunk=restore.RESTORE_N4_MIN_SHRUNK)
   t = time.perf_counter()
-  out = np.stack([np.asarray(n4.n4_sitk(x, settings=n4.N4Settings(shrink=4)).corrected) for x in images])
+  out = np.stack([np.asarray(n4.n4_sitk(x, settings=settings).corrected) for x in images])
   return out.astype(np.float32), (time.perf_counter() - t) / len(images)
 
 
@@ -283,12 +289,13 @@ def fidelity_ceiling(model, ts: TestSet) -> np.ndarray:
   """The decoder with the fidelity path, from the *clean* image's latent and the corrupted input's
   pixels (prepared as the restorer prepares them, N4 included): what a perfect latent UNet would
   give through this decoder."""
+  from mri_jax import restore
   from mri_jax.models import fidelity
   from mri_jax.models import restorer as R
 
   clean = R.prepare_slices(ts.clean, ts.mask, model.factor, n4_backend="none", scale=R.slice_scales(ts.clean, ts.mask))
   noisy = R.prepare_slices(ts.corrupted, ts.mask, model.factor, n4_backend="jax",
-                           n4_settings=R.n4_settings(model.config))
+                           n4_settings=restore.restore_n4_settings(model))
   r, p = model.restorer, model.params
 
   @jax.jit
@@ -306,7 +313,7 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   outputs = {"corrupted": (ts.corrupted, 0.0), "oracle: corrupted / true field": (ts.corrupted / ts.bias, 0.0)}
   log(f"[{ts.name}] SimpleITK N4 on {len(ts.clean)} slices...")
   n4_img, n4_t = n4_sitk_slices(ts.corrupted)
-  outputs["N4 (SimpleITK, shrink 4)"] = (n4_img, n4_t)
+  outputs[N4_LABEL] = (n4_img, n4_t)
   if optional("dipy") and optional("pywt"):
     log(f"[{ts.name}] N4 + dipy NLM...")
     img, t = nlm_dipy(n4_img)
@@ -448,7 +455,7 @@ def montage(path: Path, sets: list[tuple[TestSet, dict]], extra=None) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  cols = ["corrupted", "N4 (SimpleITK, shrink 4)", "N4 + NLM (dipy, Rician)", "restorer K = 1", "clean"]
+  cols = ["corrupted", N4_LABEL, "N4 + NLM (dipy, Rician)", "restorer K = 1", "clean"]
   rows = []
   for ts, imgs in sets:
     i = len(ts.clean) // 2

@@ -147,7 +147,7 @@ def test_evaluate_reports_every_method_on_the_real_scan_set(tmp_path):
   assert [(s["group"], s["corruption"]) for s in real["sets"]] == [("epi", "simulator"), ("epi", "independent")]
   for s in real["sets"]:
     rows = {r["method"]: r for r in s["rows"]}
-    expected = {"corrupted", "oracle: corrupted / true field", "N4 (SimpleITK, shrink 4)", "N4 + NLM (dipy, Rician)",
+    expected = {"corrupted", "oracle: corrupted / true field", evaluate.N4_LABEL, "N4 + NLM (dipy, Rician)",
                 "restorer K = 1"}
     assert expected <= set(rows)
     if evaluate.optional("bm3d"):
@@ -196,7 +196,7 @@ def test_evaluate_writes_the_comparison_table(tiny_dataset, tmp_path, capsys):
   assert code == 0
   report = json.loads((tmp_path / "ev" / "results.json").read_text())
   names = [r["method"] for s in report["sets"].values() for r in s["rows"]]
-  for m in ("corrupted", "oracle: corrupted / true field", "N4 (SimpleITK, shrink 4)", "N4 + NLM (dipy, Rician)",
+  for m in ("corrupted", "oracle: corrupted / true field", evaluate.N4_LABEL, "N4 + NLM (dipy, Rician)",
             "N4 + NLM (scikit-image)", "restorer K = 1", "restorer K = 2"):
     assert m in names
   assert len(report["sets"]) == 2  # synthetic held-out + the real dipy scan

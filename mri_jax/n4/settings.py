@@ -32,6 +32,8 @@ class N4Settings:
     bins: histogram bins for the sharpening step.
     fwhm: full width at half maximum of the Gaussian assumed to blur the log-intensity histogram.
     wiener: Wiener filter noise used when deconvolving the histogram.
+    min_shrunk: the shrink factor of an axis is lowered so that the axis keeps at least this many
+      voxels (`MIN_SHRUNK_AXIS` by default; restore asks for more, `restore.RESTORE_N4_MIN_SHRUNK`).
   """
 
   shrink: int = 4
@@ -42,6 +44,7 @@ class N4Settings:
   bins: int = 200
   fwhm: float = 0.15
   wiener: float = 0.01
+  min_shrunk: int = MIN_SHRUNK_AXIS
 
   def __post_init__(self):
     object.__setattr__(self, "iterations", tuple(int(i) for i in np.atleast_1d(self.iterations)))
@@ -66,6 +69,8 @@ class N4Settings:
         (16 <= self.bins <= 4096, f"histogram bins must be in [16, 4096], got {self.bins}"),
         (0.0 < self.fwhm <= 5.0, f"FWHM must be in (0, 5], got {self.fwhm}"),
         (0.0 < self.wiener <= 1.0, f"Wiener noise must be in (0, 1], got {self.wiener}"),
+        (isinstance(self.min_shrunk, (int, np.integer)) and 1 <= self.min_shrunk <= 4096,
+         f"min_shrunk must be an integer in [1, 4096], got {self.min_shrunk}"),
     ]
     for ok, message in checks:
       if not ok:
@@ -112,7 +117,7 @@ def plan(shape: Sequence[int], settings: N4Settings, spacing: Sequence[float] | 
   spacing = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * len(shape)))
   if len(spacing) != len(shape) or any(not (s > 0 and math.isfinite(s)) for s in spacing):
     raise ValueError(f"spacing must be {len(shape)} positive numbers, got {spacing}")
-  shrink = tuple(max(1, min(settings.shrink, n // MIN_SHRUNK_AXIS)) for n in shape)
+  shrink = tuple(max(1, min(settings.shrink, n // settings.min_shrunk)) for n in shape)
   shrunk = tuple(-(-n // s) for n, s in zip(shape, shrink))
   if settings.spline_distance is not None:
     cps = tuple(max(4, math.ceil((n - 1) * sp / settings.spline_distance) + bspline.ORDER)

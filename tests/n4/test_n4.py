@@ -195,6 +195,12 @@ def test_plan_lowers_shrink_on_short_axes_and_refuses_tiny_images():
   assert p.shrink == (4, 4, 1) and p.shrunk_shape == (64, 64, 20)
   with pytest.raises(ValueError, match="too small"):
     n4.plan((1, 30), n4.N4Settings())
+  # min_shrunk (restore's rule: the fit keeps ≥ 64 voxels per axis): 256 keeps shrink 4, 128 gets
+  # 2, 64 and 58 get 1
+  p = n4.plan((256, 128, 58), n4.N4Settings(shrink=4, min_shrunk=64))
+  assert p.shrink == (4, 2, 1) and p.shrunk_shape == (64, 64, 58)
+  with pytest.raises(ValueError, match="min_shrunk"):
+    n4.N4Settings(min_shrunk=0)
 
 
 # --------------------------------------------------------------------------------------------
