@@ -103,7 +103,7 @@ def _cmd_n4(args) -> int:
   settings = file_jobs.n4_settings(
       shrink=args.shrink, iterations=args.iterations, convergence=args.convergence,
       control_points=args.control_points, spline_distance=args.spline_distance, bins=args.bins,
-      fwhm=args.fwhm, wiener=args.wiener)
+      fwhm=args.fwhm, wiener=args.wiener, min_shrunk=args.min_shrunk)
   s = file_jobs.n4_nifti(args.input, args.output, backend=args.backend, mask_path=args.mask,
                          save_field=args.save_field, overwrite=args.overwrite, settings=settings,
                          announce=lambda m: print(m, file=sys.stderr, flush=True))
@@ -295,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
   n4d = N4Settings()
   g = p.add_argument_group("N4 settings (defaults: SimpleITK's, with shrink 4)")
   g.add_argument("--shrink", type=int, default=n4d.shrink, help="shrink factor, 1-16 (per axis, lowered so each "
-                 "shrunk axis keeps >= 16 voxels); default %(default)s")
+                 "shrunk axis keeps >= --min-shrunk voxels); default %(default)s")
+  g.add_argument("--min-shrunk", type=int, default=n4d.min_shrunk, metavar="N",
+                 help="voxels each axis keeps after shrinking (the shrink factor is lowered on shorter axes); "
+                      "default %(default)s; restore uses 64, which removes much more of the field on images "
+                      "under 256 px")
   g.add_argument("--iterations", type=_int_list, default=n4d.iterations, metavar="N,N,...",
                  help="maximum iterations per fitting level; the count of numbers is the number of "
                       f"levels; default {','.join(map(str, n4d.iterations))}")

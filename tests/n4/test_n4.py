@@ -242,6 +242,10 @@ def test_cli_n4_keeps_header_and_writes_the_field(backend, tmp_path, capsys):
   x = inp.get_fdata()[:, :, 0]
   fg = x > np.percentile(x, 60)
   assert np.std(np.log(f.get_fdata()[:, :, 0][fg])) > 0.1  # a real field was found (0.8 log range input)
+  if backend == "jax":  # --min-shrunk reaches the plan: the 91×109 slice is fitted unshrunk with 64
+    code, stdout, _ = _run(["n4", str(src), str(tmp_path / "o64.nii.gz"), "--min-shrunk", "64",
+                            "--iterations", "20,20,20"], capsys)
+    assert code == 0 and "shrink [1, 1]" in stdout.replace("(", "[").replace(")", "]"), stdout
 
 
 def test_cli_n4_one_line_errors_and_nothing_written(tmp_path, capsys):
@@ -262,6 +266,7 @@ def test_cli_n4_one_line_errors_and_nothing_written(tmp_path, capsys):
       ([str(src), str(out), "--mask", str(empty_mask)], "mask holds 0"),
       ([str(src), str(out), "--iterations", "5,x"], "comma-separated"),
       ([str(src), str(out), "--shrink", "0"], "shrink"),
+      ([str(src), str(out), "--min-shrunk", "0"], "min_shrunk"),
       ([str(src), str(out), "--backend", "ants"], "invalid choice"),
       ([str(src), str(out), "--control-points", "2"], "control points"),
       ([str(tmp_path / "missing.nii.gz"), str(out)], "does not exist"),
