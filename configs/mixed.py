@@ -23,7 +23,9 @@ def get_config(arg=None):
   4,500 joint-stage steps after the fidelity stage (UNet + path trained on the output's loss);
   'fine': fine-tuning on the `mixed128fine` data (finer anatomy per pixel), meant for
   `mri-jax train --warm-start mri_jax/weights/default`: 600 autoencoder, 2,500 UNet and 3,000
-  fidelity steps at a third of the learning rate (about 1 h on the 2-core CPU)."""
+  fidelity steps at a third of the learning rate (about 1 h on the 2-core CPU; tried in the
+  seventh pass of issue 15, not shipped: the network alone gained 0.03 SSIM on real scans, restore
+  did not; benchmarks/RESULTS.md)."""
   c = default.get_config()
   c.data.name = "mri_pairs/mixed128"
   c.model.fidelity = arg != "no_fidelity"
