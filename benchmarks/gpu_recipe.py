@@ -502,8 +502,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     model = restore.load_model(out / "weights")
     stop_at = t_start + budget + 45.0 if budget > 0 else float("inf")
-    real_rows, shown, skipped = eval_real(model, load_real_sets(Path(a.real), real_sets), R.n4_settings(cfg),
-                                          log, stop_at)
+    real_rows, shown, skipped = eval_real(model, load_real_sets(Path(a.real), real_sets),
+                                          restore.restore_n4_settings(model), log, stop_at)
     times["eval_real"] = time.perf_counter() - t
   else:
     log(f"no real-scan sets at '{a.real}': skipped")

@@ -181,7 +181,8 @@ def _cmd_restore(args) -> int:
              zip(b["bands"][:-1], b["bands"][1:])] + ["finer"]) if b["bands"] else ["all"]
     parts = [f"{m:.2f} ({name}" + (f"; slices {lo:.2f}–{hi:.2f})" if hi > lo else ")")
              for name, m, lo, hi in zip(names, b["median"], b["min"], b["max"])]
-    print("SURE blend: share of the network's change to the N4-corrected input kept, α = " + ", ".join(parts)
+    what = "the network-piloted Wiener filter's" if b.get("wiener") else "the network's"
+    print(f"SURE blend: share of {what} change to the N4-corrected input kept, α = " + ", ".join(parts)
           + " (1 = all, 0 = the N4-corrected input)")
   if c["flagged"]:
     shown = ", ".join(map(str, c["flagged"][:12])) + (" …" if len(c["flagged"]) > 12 else "")

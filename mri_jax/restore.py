@@ -12,7 +12,8 @@ How an image goes through (the same preparation the training slices had):
    `independent_slices`). Slices of a volume whose foreground is under 64 voxels or under 10% of
    the largest slice's (the caps above and below the anatomy, which the model never saw in
    training) skip N4 and the network (step 7).
-3. N4 (JAX or SimpleITK backend, the settings the model's data was made with): one 3-D N4 of the
+3. N4 (JAX or SimpleITK backend, the settings the model's data was made with, the fit on ≥ 64
+   voxels per axis: `restore_n4_settings`): one 3-D N4 of the
    whole volume (`n4_mode` 'volume', or 'auto' for ≥ 8 slices with anatomy), else per slice
    ('slices', 2-D images, `independent_slices`); `n4='none'` conditions on the corrupted slice
    twice and a zero field (only for models trained that way, e.g. the no_n4 ablation).
@@ -28,8 +29,10 @@ How an image goes through (the same preparation the training slices had):
    (`lowfreq`, default 1 px) takes its content coarser than that scale from the N4-corrected input
    (for a volume's 3-D N4 with one scale for the whole volume, so slice means follow the 3-D
    correction: no slice-to-slice banding); the SURE blend (`blend`, default on) then keeps, in the
-   tissue (the non-air foreground grown by 2 voxels), the fraction α of the network's change to
-   the N4-corrected input that minimises Stein's unbiased estimate of the error (`_sure_blend`:
+   tissue (the non-air foreground grown by 2 voxels), the fraction α of the change to the
+   N4-corrected input that minimises Stein's unbiased estimate of the error — the change of the
+   N4-corrected input filtered with the network's output as the pilot (`wiener`, default on:
+   `_pilot_wiener`, BM3D's second step), or of the network's own output (`_sure_blend`:
    one more network pass with a small noise probe; one α per band of the change, coarser / finer
    than 1 px; per slice, or per volume with a 3-D N4),
    so where the network would do worse than its input, the output falls back towards the input;
@@ -334,8 +337,6 @@ RESTORE_N4_MIN_SHRUNK = 64
 def restore_n4_settings(model: Model):
   """The N4 settings restore uses: the model's (`restorer.n4_settings`: what its training records
   were made with) with the fit on ≥ RESTORE_N4_MIN_SHRUNK voxels per axis."""
-  import dataclasses
-
   return dataclasses.replace(R.n4_settings(model.config), min_shrunk=RESTORE_N4_MIN_SHRUNK)
 
 
@@ -359,7 +360,7 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   above that of the N4 image (α = 0) or of the network (α = 1), up to the estimate's own error —
   and it needs no clean image. Correlated or spatially varying noise (coil g-factors) makes it an
   approximation. SURE is scored on the Otsu mask; α is applied in `tissue` (the non-air
-  foreground grown by CLAMP_MARGIN voxels); the air keeps the network's output, with a smooth
+  foreground grown by CLAMP_MARGIN voxels); the air keeps the network's output g, with a smooth
   transition. `one_weight`: one α per band for the whole volume (the volume's 3-D N4), estimated
   on the batch of slices holding the middle slice; else per slice, every batch probed. Slices
   without a noise estimate (too little foreground, σ = 0) are not blended (α NaN); nor is a
@@ -369,6 +370,7 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   from scipy import ndimage
 
   n = len(restored)
+  network_out = restored  # what the air keeps (the filter acts on tissue only)
   if wiener:  # every slice's σ: the filter runs on every slice, not only the probed ones
     sigma = _input_sigmas(inputs, mask) if sigma is None else sigma
     sigma_all = sigma
@@ -383,7 +385,7 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   n_bands = len(BLEND_BANDS) + 1
   alphas = np.full((n, n_bands), np.nan, np.float32)
   if not usable.any():
-    return restored, alphas
+    return network_out, alphas
   rng = np.random.default_rng(seed)
   probe = rng.standard_normal((len(rows),) + restored.shape[1:]).astype(np.float32)
   delta = BLEND_EPS * np.where(usable, sigma, 1.0)  # the probe's size, in the input's units
@@ -421,10 +423,14 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
       if usable[j]:
         alphas[i] = _box_qp(quad[j], lin[j])
   weight = np.maximum(ndimage.gaussian_filter(tissue.astype(np.float32), (0, 2, 2)), tissue)  # 1 in tissue, 0 in air
-  out = restored.copy()
+  out = network_out.copy()
   for i in np.flatnonzero(np.isfinite(alphas[:, 0])):
     bands = changes[i] if i in changes else _bands(restored[i] - reference[i], BLEND_BANDS)
-    out[i] = reference[i] + sum((1.0 - (1.0 - a) * weight[i]) * band for a, band in zip(alphas[i], bands))
+    if wiener:  # tissue: r + Σ αₖ cₖ of the filtered image; air: the network's own output
+      kept = reference[i] + sum(a * band for a, band in zip(alphas[i], bands))
+      out[i] = weight[i] * kept + (1.0 - weight[i]) * network_out[i]
+    else:
+      out[i] = reference[i] + sum((1.0 - (1.0 - a) * weight[i]) * band for a, band in zip(alphas[i], bands))
   return np.maximum(out, 0.0), alphas
 
 
@@ -853,7 +859,7 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
               seconds=res.seconds, foreground_voxels=int(res.mask.sum()),
               blend=None if weights is None or not len(weights) else
               dict(median=np.median(weights, axis=0).tolist(), min=weights.min(axis=0).tolist(),
-                   max=weights.max(axis=0).tolist(), bands=list(BLEND_BANDS)),
+                   max=weights.max(axis=0).tolist(), bands=list(BLEND_BANDS), wiener=bool(wiener)),
               consistency=dict(energy=float(np.median(energy)), structure=float(np.median(structure)),
                                max_structure=float(np.max(structure)), flagged=list(check["flagged"]),
                                warn_structure=check["warn_structure"]))

@@ -72,7 +72,7 @@ def test_restore_3d_anisotropic_auto_axis_save_field_and_determinism(subject, tm
   assert outs[0].read_bytes() == outs[1].read_bytes()
   f = np.asarray(nib.load(str(field)).dataobj)
   assert f.shape == vol.shape and f.min() > 0 and np.all(np.isfinite(f))
-  assert "consistency: residual energy" in stdout and "SURE blend: share of the network" in stdout
+  assert "consistency: residual energy" in stdout and "SURE blend: share of the network-piloted Wiener filter's change" in stdout
   # --no-blend: the network's output with the noise clamp only, and no blend line
   code, stdout, _ = run_cli(["restore", str(inp), str(tmp_path / "nb.nii.gz"), "--quiet", "--batch-size", "3",
                              "--seed", "5", "--no-blend"], capsys)
@@ -372,13 +372,19 @@ def test_sure_blend_with_the_wiener_filter_weighs_the_filtered_image(noise, blur
     assert abs(alphas[i, 0] - grid[int(np.argmin(err))]) < 0.12, (i, alphas[i, 0], grid[int(np.argmin(err))])
   assert mse(out) <= 1.02 * mse(plain), (mse(out), mse(plain))
   assert mse(out) <= 1.02 * mse(inputs)
+  # the filter acts in tissue only: the air (here the 6-px frame outside the square) keeps the
+  # network's own output, not the filtered floor
+  in_tissue, _ = restore._sure_blend(restored, inputs, np.ones(2), inputs, ones, mask, mask, prep, network, 2,
+                                     lowfreq=None, one_weight=False, seed=0, wiener=True)
+  np.testing.assert_allclose(in_tissue[:, :2, :2], np.maximum(restored[:, :2, :2], 0.0), atol=0.05)
+  np.testing.assert_allclose(in_tissue[mask], out[mask], rtol=1e-5, atol=1e-3)
   # restore_array's switch reaches the blend, and is checked
   with pytest.raises(UserInputError, match="wiener"):
     restore.check_options(wiener="yes")
 
 
-@pytest.mark.parametrize("one_weight", [False, True])
-def test_sure_blend_through_a_field_slice_scales_and_the_lowfreq_fix(one_weight, monkeypatch):
+@pytest.mark.parametrize("one_weight, wiener", [(False, False), (True, False), (True, True)])
+def test_sure_blend_through_a_field_slice_scales_and_the_lowfreq_fix(one_weight, wiener, monkeypatch):
   """The same check through everything that carries units: a volume's N4 field (the prepared
   inputs of `prepare_slices(log_field=...)`), per-slice scales and the reference's factor, the
   low-frequency fix on both passes, and more slices than a batch (one weight: the middle batch)."""
@@ -404,8 +410,12 @@ def test_sure_blend_through_a_field_slice_scales_and_the_lowfreq_fix(one_weight,
   reference, factors = restore._scaled_reference(raw, inputs / field, mask, one_scale=True)
   restored = restore._lowfreq_fix(raw, reference, 1.0)
   out, alphas = restore._sure_blend(restored, reference, factors, inputs, field, mask, np.ones_like(mask), prep,
-                                    network, 2, lowfreq=1.0, one_weight=one_weight, seed=0)
+                                    network, 2, lowfreq=1.0, one_weight=one_weight, seed=0, wiener=wiener)
   target = truth * factors[:, None, None]  # the clean image on the reference's scale
+  if wiener:  # the candidate SURE weighs: the N4 image filtered with the network's output as the pilot
+    sigma = restore._input_sigmas(inputs, mask)
+    restored = np.stack([restore._pilot_wiener(reference[i], restored[i], sigma[i] * factors[i] / field[i])
+                         for i in range(4)])
   grid = np.linspace(0, 1, 101)
   for rows in ([0, 1, 2, 3],) if one_weight else ([0], [1], [2], [3]):
     err = [float(np.mean((reference + a * (restored - reference) - target)[rows][mask[rows]] ** 2)) for a in grid]

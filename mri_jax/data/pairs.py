@@ -90,6 +90,8 @@ class PairsConfig:
       raise ValueError("size ≥ 16, voxel_mm ≥ 1 and slices_per_subject ≥ 1 are required")
     if self.anatomy not in ("mni152", "mixed") or (self.anatomy == "mixed" and self.dims != 2):
       raise ValueError(f"anatomy must be 'mni152' or 'mixed' (2-D), got {self.anatomy!r}, dims {self.dims}")
+    if self.detail and self.anatomy != "mixed":
+      raise ValueError("detail (finer images per pixel) applies to the 'mixed' anatomy only")
 
   @property
   def shape(self) -> tuple[int, ...]:

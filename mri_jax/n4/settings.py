@@ -21,7 +21,8 @@ class N4Settings:
   Attributes:
     shrink: shrink factor applied before fitting: the image and mask are subsampled every
       `shrink` voxels as ITK's ShrinkImageFilter does (per axis, lowered on short axes so each keeps
-      at least 16 voxels, or all of them when shorter); the field is evaluated at full resolution.
+      at least `min_shrunk` voxels, or all of them when shorter); the field is evaluated at full
+      resolution.
     iterations: maximum iterations per fitting level; the number of levels is its length.
     convergence: stop a level when the coefficient of variation of exp(Δ log field) inside the
       mask falls below this (0 ⇒ always run every iteration).

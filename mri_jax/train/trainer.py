@@ -358,9 +358,10 @@ def _start_from_run(state: TrainState, stage: str, step: int, run: Path, run_ste
 _WARM_FREE_MODEL = ("n4_iterations", "fidelity_weight")
 
 
-def _check_warm_start(cfg, source) -> Path:
-  """`source` (exported weights or a run's workdir) whose networks have this config's shapes, or a
-  one-line refusal; nothing is read but its config.json."""
+def _check_warm_start(cfg, source) -> tuple[Path, dict]:
+  """(`source`, its inference weights {"ae", "unet", "fid"}) for exported weights or a run's
+  workdir whose networks have this config's shapes, or a one-line refusal (a config that differs,
+  weights that do not load) before anything is written."""
   source = Path(source)
   if not source.is_dir():
     raise UserInputError(f"--warm-start '{source}' is not a directory (give a run's workdir or a folder "
@@ -369,15 +370,15 @@ def _check_warm_start(cfg, source) -> Path:
   differ = _differ(src, cfg, [f"model.{k}" for k in cfg.model if k not in _WARM_FREE_MODEL])
   if differ:
     raise UserInputError(f"--warm-start '{source}': its networks differ from this config's in {', '.join(differ)}")
-  return source
-
-
-def _warm_start(state: TrainState, source: Path) -> TrainState:
-  """`state` with the networks of `source` in place of the random ones (the UNet and its EMA copy
-  both from the source's EMA UNet); optimisers, step and data position stay at their start."""
   from mri_jax import restore  # noqa: PLC0415 (restore imports the models; only needed here)
 
-  params = restore.load_model(source).params
+  return source, restore.load_model(source).params
+
+
+def _warm_start(state: TrainState, params: dict) -> TrainState:
+  """`state` with the networks `params` (`_check_warm_start`) in place of the random ones (the
+  UNet and its EMA copy both from the source's EMA UNet); optimisers, step and data position stay
+  at their start."""
   cast = lambda new, old: None if old is None else jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), new, old)  # noqa: E731
   unet = cast(params["unet"], state.unet)
   return state.replace(ae=cast(params["ae"], state.ae), unet=unet, ema_unet=unet, fid=cast(params["fid"], state.fid))
@@ -435,7 +436,7 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
   if init_from is not None:
     init_from, init_stage, init_start, init_step = _check_init_from(cfg, init_from)
   if warm_start is not None:
-    warm_start = _check_warm_start(cfg, warm_start)
+    warm_start, warm_params = _check_warm_start(cfg, warm_start)
   writers.check_workdir(json.loads(cfg.to_json_best_effort()), workdir, write=lead)
 
   # ---- data, networks, state (resumed from the latest checkpoint)
@@ -458,8 +459,9 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
     return next(name for name, end in ends.items() if step < end)
 
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep, every=cfg.train.checkpoint_every)
-  start = ckpt.latest_step() or 0
-  if init_from is not None and not start:
+  latest = ckpt.latest_step()  # None: a new run (a fine-tune's first checkpoint is step 0)
+  start = latest or 0
+  if init_from is not None and latest is None:
     start = init_start
     state = _start_from_run(state, init_stage, start, init_from, init_step, it)
     ckpt.save(start, state, data_iterator=it)  # a restart without --init-from resumes here
@@ -467,11 +469,11 @@ def train(cfg: ml_collections.ConfigDict, workdir, *, stop_after: int | None = N
       writers.truncate_log(workdir, start)
     nets = "autoencoder and UNet" if init_stage == "fidelity" else "autoencoder, UNet and fidelity path"
     log(f"started at step {start} ({init_stage} stage) with the {nets} of {init_from}")
-  elif warm_start is not None and not start:
-    state = _warm_start(state, warm_start)
+  elif warm_start is not None and latest is None:
+    state = _warm_start(state, warm_params)
     ckpt.save(0, state, data_iterator=it)  # a restart without --warm-start resumes from these weights
     log(f"started at step 0 with the networks of {warm_start}")
-  elif start:
+  elif latest is not None:
     if init_from is not None or warm_start is not None:
       log(f"--{'init-from' if init_from is not None else 'warm-start'} ignored: {workdir} already holds a run "
           "(resuming it)")

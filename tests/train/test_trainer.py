@@ -277,7 +277,7 @@ def test_warm_start_fine_tunes_exported_weights_on_other_settings(tiny_dataset, 
 
   # only the UNet stage, at another learning rate: the autoencoder and the path are the source's
   # exactly; the UNet starts from the source's EMA UNet and moves
-  fine = base + steps(0, 3, 0) + ["--config.optimizer.lr=3e-4"]
+  fine = base + steps(0, 3, 0) + ["--config.optimizer.lr=3e-4", "--config.train.checkpoint_every=100"]
   logs = []
   out = train.train(config.load("tiny.py:fidelity", fine), tmp_path / "fine", log=logs.append,
                     warm_start=tmp_path / "weights")
@@ -293,10 +293,27 @@ def test_warm_start_fine_tunes_exported_weights_on_other_settings(tiny_dataset, 
   # from the run's workdir (its latest checkpoint; the EMA UNet, as exported): the same start
   from mri_jax.train import trainer
 
-  fresh = train.make_setup(config.load("tiny.py:fidelity", fine))[1]
-  for a, b in zip(jax.tree.leaves(trainer._warm_start(fresh, tmp_path / "weights")),
-                  jax.tree.leaves(trainer._warm_start(fresh, tmp_path / "src"))):
+  fine_cfg = config.load("tiny.py:fidelity", fine)
+  fresh = train.make_setup(fine_cfg)[1]
+  for a, b in zip(jax.tree.leaves(trainer._warm_start(fresh, trainer._check_warm_start(fine_cfg, tmp_path / "weights")[1])),
+                  jax.tree.leaves(trainer._warm_start(fresh, trainer._check_warm_start(fine_cfg, tmp_path / "src")[1]))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # killed before its first periodic checkpoint (only the start, step 0, saved): a restart resumes
+  # from the loaded networks, with or without --warm-start (given again, it is ignored)
+  import shutil
+
+  for flag in (None, tmp_path / "weights"):
+    shutil.copytree(tmp_path / "fine", tmp_path / "zero")
+    for step in checkpoints.all_steps(tmp_path / "zero"):
+      if step:
+        shutil.rmtree(tmp_path / "zero" / "checkpoints" / str(step))
+    logs = []
+    again = train.train(config.load("tiny.py:fidelity", fine), tmp_path / "zero", log=logs.append, warm_start=flag)
+    assert any("resumed from step 0" in m for m in logs), logs
+    assert [r["stage"] for r in again["history"]] == ["diffusion"] * 3
+    for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(again["state"])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    shutil.rmtree(tmp_path / "zero")
   # killed after one step: a restart without --warm-start resumes and ends with the same weights
   train.train(config.load("tiny.py:fidelity", fine), tmp_path / "killed", log=quiet,
               warm_start=tmp_path / "weights", stop_after=1)
@@ -325,4 +342,4 @@ def test_the_shipped_weights_fit_the_fine_tuning_config():
 
   cfg = config.load("mixed.py:fine")
   assert cfg.data.name == "mri_pairs/mixed128fine"
-  assert trainer._check_warm_start(cfg, restore.WEIGHTS_DIR) == restore.WEIGHTS_DIR
+  assert trainer._check_warm_start(cfg, restore.WEIGHTS_DIR)[0] == restore.WEIGHTS_DIR
