@@ -197,7 +197,6 @@ def test_shipped_model_restores_as_its_reference_outputs():
 
 def test_volume_n4_mode_uses_one_3d_field_and_skips_caps(subject):
   from mri_jax import n4 as n4lib
-  from mri_jax.models import restorer as R
 
   _, _, noisy = subject
   vol = noisy[:, :, 4:-4]
@@ -211,7 +210,7 @@ def test_volume_n4_mode_uses_one_3d_field_and_skips_caps(subject):
   # the field is the volume's 3-D N4 field (continuous across slices), as N4 itself gives it
   stack = np.moveaxis(np.maximum(vol, 0), 2, 0)
   mask = np.moveaxis(res.mask, 2, 0)
-  ref = n4lib.n4(stack / stack[mask].mean(), mask, settings=R.n4_settings(model.config))
+  ref = n4lib.n4(stack / stack[mask].mean(), mask, settings=restore.restore_n4_settings(model))
   np.testing.assert_allclose(np.moveaxis(res.field, 2, 0), np.exp(np.asarray(ref.log_field)), rtol=1e-4)
   # slices without anatomy are never restored: only divided by the volume's field (one scale)
   counts = mask.reshape(len(mask), -1).sum(axis=1)
