@@ -154,6 +154,28 @@ def n4_sitk_slices(images: np.ndarray) -> tuple[np.ndarray, float]:
   return out.astype(np.float32), (time.perf_counter() - t) / len(images)
 
 
+FIELD_LABEL = "N4 (JAX, restore's settings) + field network"  # the row of `n4_field_slices`
+
+
+def n4_field_slices(model, images: np.ndarray) -> tuple[np.ndarray, float]:
+  """Restore's bias correction alone, per slice: JAX N4 with restore's settings on Otsu's mask,
+  refined by the field network (`mri_jax.models.fieldnet`) with restore's default weight
+  (`restore.DEFAULT_FIELD_NET`); (corrected, seconds per slice)."""
+  from mri_jax import n4, restore
+  from mri_jax.models import fieldnet
+
+  settings = restore.restore_n4_settings(model)
+  net = restore.field_model()
+  t = time.perf_counter()
+  out = []
+  for x in images:
+    m = np.asarray(n4.otsu_mask(x))[None]
+    lf = np.asarray(n4.n4(x, m[0], settings=settings).log_field)[None]
+    lf = lf + restore.DEFAULT_FIELD_NET * fieldnet.residual(net, x[None] * np.exp(-lf), lf, m)
+    out.append(x * np.exp(-lf[0]))
+  return np.stack(out).astype(np.float32), (time.perf_counter() - t) / len(images)
+
+
 # dipy's nlmeans works on 3-D volumes: a 2-D slice is repeated along a third axis deep enough for its
 # patch and search radii (1 + 3 on each side) and the middle copy is kept; only the planes whose
 # patches reach the middle one are filtered (the mask), which gives the same middle plane as the
@@ -243,7 +265,8 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
 
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
                  fidelity: float | None = None, lowfreq: float | None = None, independent: bool = True,
-                 noise_clamp: float | None = None, blend: bool | None = None, wiener: bool | None = None):
+                 noise_clamp: float | None = None, blend: bool | None = None, wiener: bool | None = None,
+                 field_net: float | None = None):
   """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
   measured after a warm-up call (compilation) when `timed`. `independent`: the slices are separate
   images (`restore_array(independent_slices=True)`: one Otsu threshold per slice, N4 per slice, as
@@ -263,6 +286,8 @@ def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size
     kw["blend"] = blend
   if wiener is not None:
     kw["wiener"] = wiener
+  if field_net is not None:
+    kw["field_net"] = field_net
   if timed:
     restore.restore_array(images[:batch_size], model, **kw)
   res = restore.restore_array(images, model, **kw)
@@ -325,12 +350,21 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   bm = bm3d_slices(n4_img)
   if bm is not None:
     outputs["N4 + BM3D"] = (bm[0], n4_t + bm[1])
+  log(f"[{ts.name}] N4 + the field network (restore's bias correction alone)...")
+  nf_img, nf_t = n4_field_slices(model, ts.corrupted)
+  outputs[FIELD_LABEL] = (nf_img, nf_t)
+  bm = bm3d_slices(nf_img)
+  if bm is not None:
+    outputs["N4 + field network + BM3D"] = (bm[0], nf_t + bm[1])
   for k in steps:
     log(f"[{ts.name}] restorer, K = {k}...")
     outputs[f"restorer K = {k}"] = run_restorer(model, ts.corrupted, k, seed=seed, timed=True)
   rec = ae_ceiling(model, ts.clean, ts.mask)
   if rec is not None:
     outputs["autoencoder(clean): the restorer's ceiling"] = (rec, 0.0)
+  log(f"[{ts.name}] restorer without the field network (N4's field alone, the eighth pass's change)...")
+  outputs["restorer K = 1 without the field network (N4's field)"] = run_restorer(
+      model, ts.corrupted, 1, seed=seed, field_net=0.0)
   log(f"[{ts.name}] restorer without the pilot Wiener filter (the seventh pass's change)...")
   outputs["restorer K = 1, SURE blend without the pilot Wiener filter"] = run_restorer(
       model, ts.corrupted, 1, seed=seed, wiener=False)

@@ -365,6 +365,16 @@ def prepare_slices(slices: np.ndarray, mask: np.ndarray, factor: int, *, n4_back
                   np.pad(foreground, pads))
 
 
+def with_log_field(prep: Prepared, log_field: np.ndarray) -> Prepared:
+  """`prep` with another (N, PX, PY) log field (e.g. N4's refined by `mri_jax.models.fieldnet`):
+  the N4 image becomes corrupted ÷ exp(log_field), rescaled to the foreground means `prep`'s N4
+  image had, and the field is shifted to match (corrupted = N4 image × exp(log field) still)."""
+  n4_img = prep.corrupted * np.exp(-np.asarray(log_field, np.float32))
+  c = slice_scales(prep.n4, prep.foreground) / slice_scales(n4_img, prep.foreground)
+  return prep._replace(n4=(n4_img * c[:, None, None]).astype(np.float32),
+                       log_field=(log_field - np.log(c)[:, None, None]).astype(np.float32))
+
+
 def padded_batch(n: int, batch_size: int) -> int:
   """Images per compiled call for n images: `batch_size`, or for fewer the next power of two (so a
   handful of batch shapes covers every input, each compiled once; the last batch is padded)."""

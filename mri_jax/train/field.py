@@ -1,0 +1,174 @@
+"""Training the field network (`mri_jax.models.fieldnet`) on the training records.
+
+For each record: Otsu's mask of the corrupted slice, N4 with restore's settings on it (what
+restore will hand the network), the network's features, and the target — the true log field
+minus N4's, on the network's grid, weighted by the record's foreground. The loss is the weighted
+mean squared error after removing each slice's weighted mean (a field is known up to a scale).
+Batches are drawn by a seeded numpy generator with the 8 flips/transposes of the square grid:
+same records + same seed ⇒ same weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from mri_jax.models import fieldnet
+
+
+def prepare(data_dir, dataset: str, split: str, n4_settings, *, limit: int | None = None, batch: int = 32,
+            log=print) -> dict:
+  """(features, target, weight) arrays on the network's grid for the records of one split."""
+  from tqdm.auto import tqdm
+
+  from mri_jax import n4
+  from mri_jax.data import pipeline
+  from mri_jax.n4 import otsu_mask
+
+  src = pipeline.data_source(dataset, split, data_dir=data_dir)
+  n = len(src) if limit is None else min(limit, len(src))
+  feats, targets, weights = [], [], []
+  for start in tqdm(range(0, n, batch), desc=f"N4 of {dataset} {split}", unit="batch", leave=False):
+    recs = [src[i] for i in range(start, min(start + batch, n))]
+    corrupted = np.stack([r["corrupted"] for r in recs]).astype(np.float32)
+    fg = np.stack([r["mask"] for r in recs]).astype(bool)
+    true_log = np.log(np.maximum(np.stack([r["bias"] for r in recs]), 1e-6)).astype(np.float32)
+    masks = np.stack([np.asarray(otsu_mask(x)) for x in corrupted])
+    pad = batch - len(recs)
+    res = n4.n4_batch(np.concatenate([corrupted, np.repeat(corrupted[-1:], pad, 0)]),
+                      np.concatenate([masks, np.repeat(masks[-1:], pad, 0)]), settings=n4_settings)
+    n4_log = np.asarray(res.log_field)[:len(recs)]
+    n4_img = corrupted * np.exp(-n4_log)
+    feats.append(fieldnet.features(n4_img, n4_log, masks))
+    targets.append(fieldnet.to_grid(true_log - n4_log))
+    weights.append(fieldnet.to_grid(fg.astype(np.float32)))
+  out = {"x": np.concatenate(feats), "y": np.concatenate(targets), "w": np.concatenate(weights)}
+  log(f"{dataset} {split}: {n} slices")
+  return out
+
+
+def _dihedral(a: np.ndarray, k: int) -> np.ndarray:
+  """One of the 8 flips/transposes of the (N, G, G, ...) grid."""
+  if k & 4:
+    a = np.swapaxes(a, 1, 2)
+  if k & 1:
+    a = a[:, ::-1]
+  if k & 2:
+    a = a[:, :, ::-1]
+  return np.ascontiguousarray(a)
+
+
+def loss_fn(model, x, y, w):
+  """Weighted MSE of (prediction − target) after removing each slice's weighted mean."""
+  pred = jax.image.resize(model(x), y.shape, "cubic")
+  d = pred - y
+  ws = jnp.maximum(w.sum(axis=(1, 2), keepdims=True), 1e-6)
+  d = d - (d * w).sum(axis=(1, 2), keepdims=True) / ws
+  return ((d ** 2 * w).sum(axis=(1, 2)) / ws[:, 0, 0]).mean()
+
+
+def evaluate_rms(model, data: dict, batch: int = 64) -> tuple[float, float]:
+  """(RMS residual log field of N4 alone, RMS after the network) over `data`, weighted, mean-free."""
+  def rms(d, w):
+    ws = np.maximum(w.sum(axis=(1, 2), keepdims=True), 1e-6)
+    d = d - (d * w).sum(axis=(1, 2), keepdims=True) / ws
+    return float(np.sqrt((d ** 2 * w).sum() / ws.sum()))
+
+  preds = []
+  for i in range(0, len(data["x"]), batch):
+    preds.append(np.asarray(fieldnet._predict(model, jnp.asarray(data["x"][i:i + batch]))))
+  pred = np.concatenate(preds)
+  return rms(-data["y"], data["w"]), rms(pred - data["y"], data["w"])
+
+
+def train(train_data: dict, val_data: dict | None, *, steps: int, seed: int = 0, batch: int = 32, lr: float = 1e-3,
+          config: fieldnet.FieldConfig = fieldnet.FieldConfig(), log=print, log_every: int = 500) -> fieldnet.FieldNet:
+  """Adam with cosine decay for `steps` batches; returns the trained network."""
+  model = fieldnet.FieldNet(config, rngs=nnx.Rngs(seed))
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(200, steps // 10 + 1), steps, lr * 0.02)
+  opt = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched)), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt, x, y, w):
+    loss, grads = nnx.value_and_grad(loss_fn)(model, x, y, w)
+    opt.update(model, grads)
+    return loss
+
+  rng = np.random.default_rng(seed)
+  n = len(train_data["x"])
+  t0, run = time.perf_counter(), []
+  for s in range(1, steps + 1):
+    idx = np.sort(rng.choice(n, batch, replace=False))
+    k = int(rng.integers(8))
+    x, y, w = (_dihedral(train_data[key][idx], k) for key in ("x", "y", "w"))
+    run.append(float(step(model, opt, jnp.asarray(x), jnp.asarray(y), jnp.asarray(w))))
+    if s % log_every == 0 or s == steps:
+      msg = f"step {s}/{steps}  loss {np.mean(run):.5f}  {time.perf_counter() - t0:.0f} s"
+      if val_data is not None:
+        before, after = evaluate_rms(model, val_data)
+        msg += f"  validation RMS log field: N4 {before:.4f} → {after:.4f}"
+      log(msg)
+      run = []
+  return model
+
+
+DEFAULT_DATASETS = fieldnet.DEFAULT_DATASETS
+DEFAULT_VALIDATION = fieldnet.DEFAULT_VALIDATION
+DEFAULT_STEPS = fieldnet.DEFAULT_STEPS
+
+
+def run(out_dir, *, data_dir, datasets=DEFAULT_DATASETS, validation: str | None = DEFAULT_VALIDATION,
+        steps: int = DEFAULT_STEPS, seed: int = 0, batch: int = 32, lr: float = 1e-3, limit: int | None = None,
+        overwrite: bool = False, log=print) -> dict:
+  """`mri-jax train-field`: prepares the records' train splits (and `validation`'s validation split)
+  with restore's N4 (`restore.restore_n4_settings` of the shipped restorer), trains, and writes the
+  weights (config.json + params.npz) into `out_dir`. Returns the summary stored in config.json.
+
+  Raises:
+    UserInputError: bad options, a dataset that is not built in `data_dir`, or an `out_dir` that
+      already holds weights (without `overwrite`). Nothing is written then.
+  """
+  from pathlib import Path
+
+  from mri_jax import restore
+  from mri_jax.errors import UserInputError
+
+  if steps < 1:
+    raise UserInputError(f"--steps must be ≥ 1, got {steps}")
+  if not 1 <= batch <= 1024:
+    raise UserInputError(f"--batch-size must be in [1, 1024], got {batch}")
+  if not 0 < lr < 1:
+    raise UserInputError(f"--lr must be in (0, 1), got {lr}")
+  if seed < 0:
+    raise UserInputError(f"--seed must be a non-negative integer, got {seed}")
+  out = Path(out_dir)
+  if (out / "params.npz").exists() and not overwrite:
+    raise UserInputError(f"'{out}' already holds field network weights (use --overwrite to replace them)")
+  if out.exists() and not out.is_dir():
+    raise UserInputError(f"'{out}' exists and is not a directory")
+  if not datasets:
+    raise UserInputError("give at least one --dataset")
+  for name in (*datasets, *([validation] if validation else [])):
+    if not (Path(data_dir) / name).is_dir():
+      raise UserInputError(f"dataset '{name}' is not built in '{data_dir}' (build it with mri-jax build-data "
+                           f"--config {name.split('/')[-1]} --data-dir {data_dir})")
+  settings = restore.restore_n4_settings(restore.load_model(None))
+  parts = [prepare(data_dir, d, "train", settings, limit=limit, log=log) for d in datasets]
+  if sum(len(p["x"]) for p in parts) < batch:
+    raise UserInputError(f"{sum(len(p['x']) for p in parts)} training slices: fewer than one batch of {batch}")
+  train_data = {k: np.concatenate([p[k] for p in parts]) for k in "xyw"}
+  val_data = prepare(data_dir, validation, "validation", settings, limit=limit, log=log) if validation else None
+  model = train(train_data, val_data, steps=steps, seed=seed, batch=batch, lr=lr, log=log,
+                log_every=max(1, min(500, steps // 10)))
+  info = dict(datasets=list(datasets), steps=steps, seed=seed, batch=batch, lr=lr, train_slices=len(train_data["x"]),
+              n4=dict(iterations=list(settings.iterations), shrink=settings.shrink, min_shrunk=settings.min_shrunk))
+  if val_data is not None:
+    before, after = evaluate_rms(model, val_data)
+    info["validation"] = dict(dataset=validation, rms_log_field_n4=round(before, 5), rms_log_field_refined=round(after, 5))
+  fieldnet.save(model, fieldnet.FieldConfig(), out, info)
+  return info

@@ -1,0 +1,125 @@
+"""The field network: grids, weights, training (deterministic, refusals), and restore with it."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from mri_jax import evaluate, n4, restore
+from mri_jax.models import fieldnet
+from mri_jax.train import field as field_train
+from tests.conftest import run_cli
+
+
+def _smooth_field(shape, seed=0):
+  rng = np.random.default_rng(seed)
+  x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+  a = rng.normal(size=5) * 0.3
+  return (a[0] * x + a[1] * y + a[2] * x * y + a[3] * x ** 2 + a[4] * y ** 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (58, 58), (128, 96), (150, 152), (96, 160)])
+def test_grid_round_trip_keeps_a_smooth_field(shape):
+  f = np.stack([_smooth_field(shape, s) for s in range(3)])
+  g = fieldnet.to_grid(f)
+  assert g.shape == (3, fieldnet.GRID, fieldnet.GRID)
+  back = fieldnet.from_grid(fieldnet.to_grid(f, fieldnet.OUT_GRID), shape)
+  assert back.shape == f.shape
+  # inside the image (the zero padding of a non-square slice blurs into its border only)
+  inner = (slice(None), slice(shape[0] // 8, -shape[0] // 8), slice(shape[1] // 8, -shape[1] // 8))
+  assert np.abs(back - f)[inner].max() < 0.05 * np.abs(f).max() + 0.02
+
+
+def test_an_untrained_network_leaves_n4s_field_exactly(tmp_path, monkeypatch):
+  model = fieldnet.FieldNet(rngs=nnx.Rngs(3))
+  rng = np.random.default_rng(0)
+  img = rng.uniform(0.5, 1.5, (5, 50, 70)).astype(np.float32)
+  mask = np.zeros_like(img, bool)
+  mask[:, 5:45, 8:60] = True
+  assert not np.any(fieldnet.residual(model, img, np.zeros_like(img), mask))
+  # and restore with it gives what restore without it gives
+  fieldnet.save(model, fieldnet.FieldConfig(), tmp_path / "w")
+  monkeypatch.setattr(fieldnet, "WEIGHTS_DIR", tmp_path / "w")
+  scans, sets = evaluate.real_scan_sets(seed=0, slices=2, groups=("dipy_aniso",))
+  ts = sets[0]
+  kw = dict(steps=1, axis=0, independent_slices=True, n4_mode="slices", check_consistency=False)
+  off = restore.restore_array(ts.corrupted, field_net=0.0, **kw)
+  on = restore.restore_array(ts.corrupted, field_net=1.0, **kw)
+  np.testing.assert_allclose(on.image, off.image, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(on.field, off.field, rtol=1e-5)
+
+
+def test_weights_round_trip_and_refusals(tmp_path):
+  model = fieldnet.FieldNet(rngs=nnx.Rngs(1))
+  # make the head non-zero so the prediction is not trivially zero
+  model.head.kernel.value = model.head.kernel.value + 0.01
+  fieldnet.save(model, fieldnet.FieldConfig(), tmp_path / "w", {"note": "test"})
+  back = fieldnet.load(tmp_path / "w")
+  x = np.random.default_rng(0).normal(size=(2, fieldnet.GRID, fieldnet.GRID, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(back(x)))
+  assert json.loads((tmp_path / "w" / "config.json").read_text())["note"] == "test"
+  meta = json.loads((tmp_path / "w" / "config.json").read_text())
+  meta["channels"] = [8, 16, 32, 32]
+  (tmp_path / "w" / "config.json").write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match="shape"):
+    fieldnet.load(tmp_path / "w")
+
+
+def test_shipped_network_removes_field_n4_leaves_on_real_scans():
+  """On the real-scan set (simulator corruption), N4's field refined by the shipped network is
+  closer to the true one than N4's alone, group by group."""
+  model = fieldnet.load()
+  settings = restore.restore_n4_settings(restore.load_model(None))
+  scans, sets = evaluate.real_scan_sets(seed=0, slices=2, groups=("dipy_b0", "dipy_aniso", "mosaic"))
+  for ts in sets[::2]:  # the simulator corruption of each group
+    masks = np.stack([np.asarray(n4.otsu_mask(x)) for x in ts.corrupted])
+    res = n4.n4_batch(ts.corrupted, masks, settings=settings)
+    lf = np.asarray(res.log_field)
+    refined = lf + fieldnet.residual(model, ts.corrupted * np.exp(-lf), lf, masks)
+    err_n4 = evaluate.bias_residual(ts.corrupted * np.exp(-lf), ts.clean, ts.mask)
+    err_net = evaluate.bias_residual(ts.corrupted * np.exp(-refined), ts.clean, ts.mask)
+    assert err_net.mean() < 0.8 * err_n4.mean(), (ts.name, err_n4, err_net)
+
+
+def test_training_is_deterministic_and_learns_on_tiny_records(tiny_dataset, tmp_path):
+  data_dir, _ = tiny_dataset
+  kw = dict(data_dir=data_dir, datasets=("mri_pairs/tiny",), validation="mri_pairs/tiny", steps=30, batch=4,
+            lr=3e-3, log=lambda m: None)
+  a = field_train.run(tmp_path / "a", **kw)
+  b = field_train.run(tmp_path / "b", **kw)
+  for name in ("params.npz",):
+    with np.load(tmp_path / "a" / name) as za, np.load(tmp_path / "b" / name) as zb:
+      assert za.files == zb.files
+      for k in za.files:
+        np.testing.assert_array_equal(za[k], zb[k])
+  assert a == b
+  v = a["validation"]
+  assert v["rms_log_field_refined"] < v["rms_log_field_n4"]
+  assert fieldnet.load(tmp_path / "a") is not None
+
+
+def test_train_field_cli_refusals_write_nothing(tiny_dataset, tmp_path, capsys):
+  data_dir, _ = tiny_dataset
+  code, out, err = run_cli(["train-field", str(tmp_path / "w"), "--data-dir", str(tmp_path / "nothing")], capsys)
+  assert code == 2 and "not built" in err and err.count("\n") == 1
+  assert not (tmp_path / "w").exists()
+  code, out, err = run_cli(["train-field", str(tmp_path / "w"), "--data-dir", str(data_dir), "--steps", "0"], capsys)
+  assert code == 2 and "--steps" in err and not (tmp_path / "w").exists()
+  (tmp_path / "w").mkdir()
+  (tmp_path / "w" / "params.npz").write_bytes(b"keep")
+  code, out, err = run_cli(["train-field", str(tmp_path / "w"), "--data-dir", str(data_dir),
+                            "--dataset", "mri_pairs/tiny", "--validation", "none"], capsys)
+  assert code == 2 and "--overwrite" in err
+  assert (tmp_path / "w" / "params.npz").read_bytes() == b"keep"
+  code, out, err = run_cli(["train-field", str(tmp_path / "w2"), "--data-dir", str(data_dir), "--dataset",
+                            "mri_pairs/tiny", "--validation", "none", "--steps", "3", "--batch-size", "4"], capsys)
+  assert code == 0 and "wrote" in out and (tmp_path / "w2" / "params.npz").is_file()
+
+
+@pytest.mark.parametrize("bad", ["yes", True, -0.1, 1.5, float("nan")])
+def test_restore_refuses_a_bad_field_net_weight(bad):
+  from mri_jax.errors import UserInputError
+
+  with pytest.raises(UserInputError, match="--field-net"):
+    restore.check_options(field_net=bad)
