@@ -362,7 +362,7 @@ def field_model():
   if key not in _FIELD_NETS:
     if not (fieldnet.WEIGHTS_DIR / "params.npz").is_file():
       raise UserInputError(f"the field network's weights are missing from the installation ({fieldnet.WEIGHTS_DIR}); "
-                           "restore without it with --no-field-net")
+                           "restore without it with --field-net 0")
     _FIELD_NETS[key] = fieldnet.load()
   return _FIELD_NETS[key]
 
@@ -583,7 +583,7 @@ def _volume_n4(slices: np.ndarray, mask: np.ndarray, backend: str, settings, spa
     res = n4lib.n4_sitk(vol / scale, mask, spacing=spacing, settings=settings)
   else:
     res = n4lib.n4(vol / scale, mask, spacing=spacing, settings=settings)
-  return np.asarray(res.log_field, np.float32)
+  return np.array(res.log_field, np.float32)  # a writable copy (the field network adds to it)
 
 
 def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE,

@@ -31,6 +31,25 @@ def test_grid_round_trip_keeps_a_smooth_field(shape):
   assert np.abs(back - f)[inner].max() < 0.05 * np.abs(f).max() + 0.02
 
 
+def test_dihedral_transforms_invert_and_tta_is_flip_equivariant():
+  a = np.random.default_rng(0).normal(size=(2, 8, 8, 3))
+  outs = {fieldnet._dihedral(a, k).tobytes() for k in range(8)}
+  assert len(outs) == 8  # 8 different transforms
+  for k in range(8):
+    np.testing.assert_array_equal(fieldnet._dihedral(fieldnet._dihedral(a, k), k, inverse=True), a)
+  # the averaged prediction of a flipped slice is the flipped prediction
+  model = fieldnet.FieldNet(rngs=nnx.Rngs(2))
+  model.head.kernel.value = model.head.kernel.value + 0.02
+  rng = np.random.default_rng(1)
+  img = rng.uniform(0.5, 1.5, (2, 48, 48)).astype(np.float32)
+  mask = np.ones_like(img, bool)
+  lf = np.zeros_like(img)
+  r = fieldnet.residual(model, img, lf, mask)
+  r_flip = fieldnet.residual(model, img[:, ::-1].copy(), lf, mask)
+  assert np.abs(r).max() > 1e-4
+  np.testing.assert_allclose(r_flip, r[:, ::-1], atol=2e-4 * max(1.0, float(np.abs(r).max())) + 1e-5)
+
+
 def test_an_untrained_network_leaves_n4s_field_exactly(tmp_path, monkeypatch):
   model = fieldnet.FieldNet(rngs=nnx.Rngs(3))
   rng = np.random.default_rng(0)

@@ -207,14 +207,24 @@ def test_volume_n4_mode_uses_one_3d_field_and_skips_caps(subject):
   np.testing.assert_array_equal(auto.image, res.image)
   sl = restore.restore_array(vol, model, axis=2, n4_mode="slices")
   assert not np.allclose(sl.image, res.image)
-  # the field is the volume's 3-D N4 field (continuous across slices), as N4 itself gives it
+  # the field is the volume's 3-D N4 field (continuous across slices), as N4 itself gives it, times
+  # the field network's correction of the slices with anatomy, smoothed along the slicing axis
   stack = np.moveaxis(np.maximum(vol, 0), 2, 0)
   mask = np.moveaxis(res.mask, 2, 0)
   ref = n4lib.n4(stack / stack[mask].mean(), mask, settings=restore.restore_n4_settings(model))
-  np.testing.assert_allclose(np.moveaxis(res.field, 2, 0), np.exp(np.asarray(ref.log_field)), rtol=1e-4)
-  # slices without anatomy are never restored: only divided by the volume's field (one scale)
+  ref_log = np.asarray(ref.log_field)
+  plain = restore.restore_array(vol, model, axis=2, n4_mode="volume", field_net=0.0)
+  np.testing.assert_allclose(np.moveaxis(plain.field, 2, 0), np.exp(ref_log), rtol=1e-4)
   counts = mask.reshape(len(mask), -1).sum(axis=1)
   caps = counts < max(restore.MIN_FOREGROUND, restore.PASS_THROUGH_FRACTION * counts.max())
+  idx = np.flatnonzero(~caps)
+  expected = ref_log.copy()
+  expected[idx] += restore._field_residual(stack[idx] * np.exp(-ref_log[idx]), ref_log[idx], mask[idx],
+                                           restore.DEFAULT_FIELD_NET, volume=True)
+  np.testing.assert_allclose(np.moveaxis(res.field, 2, 0), np.exp(expected), rtol=1e-3)
+  corr = expected[idx] - ref_log[idx]
+  assert np.abs(corr).max() > 1e-3  # the network did change the field
+  # slices without anatomy are never restored: only divided by the volume's field (one scale)
   out = np.moveaxis(res.image, 2, 0)
   corrected = np.maximum(stack[caps], 0) * np.exp(-np.asarray(ref.log_field))[caps]
   assert caps.any()

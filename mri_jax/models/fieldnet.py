@@ -126,17 +126,40 @@ def _predict(model: FieldNet, x):
   return jax.image.resize(model(x), (x.shape[0], GRID, GRID), "cubic")
 
 
+def _dihedral(a: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
+  """One of the 8 flips/transposes of (N, G, G, ...) arrays (`inverse`: undo it)."""
+  ops = [lambda x: np.swapaxes(x, 1, 2)] if k & 4 else []
+  ops += [lambda x: x[:, ::-1]] if k & 1 else []
+  ops += [lambda x: x[:, :, ::-1]] if k & 2 else []
+  for op in (ops[::-1] if inverse else ops):
+    a = op(a)
+  return np.ascontiguousarray(a)
+
+
+# Test-time augmentation: the prediction is the mean over the grid's 8 flips / transposes (undone).
+# On the real-scan set (seed 0, 4 slices per group, weight 0.75) 8 against 1: restore SSIM
+# simulator 0.940 / 0.941, independent 0.952 / 0.951, clean scans 0.987 / 0.986, and dipy's b0
+# group, the one the network misreads most, 0.955 / 0.952 (independent) and 0.987 / 0.982 (clean).
+TTA = 8
+
+
 def residual(model: FieldNet, n4_image: np.ndarray, n4_log: np.ndarray, mask: np.ndarray,
              batch: int = 32) -> np.ndarray:
   """(N, X, Y) residual log field for slices with their N4 image, N4 log field and mask (its mean in
-  the mask is 0). Batches are padded to `batch` so one shape compiles once."""
-  feats = features(n4_image, n4_log, mask)
-  out = []
-  for i in range(0, len(feats), batch):
-    f = feats[i:i + batch]
-    pad = np.concatenate([f, np.repeat(f[-1:], batch - len(f), 0)]) if len(f) < batch else f
-    out.append(np.asarray(_predict(model, jnp.asarray(pad)))[:len(f)])
-  g = np.concatenate(out)
+  the mask is 0): the mean of the network's predictions over the `TTA` flips / transposes of the
+  grid. Batches are padded to `batch` (fewer slices: the next power of two) so few shapes compile."""
+  feats0 = features(n4_image, n4_log, mask)
+  batch = min(batch, 1 << max(0, int(len(feats0) - 1).bit_length()))  # few slices: a small padded batch
+  preds = []
+  for k in range(TTA):
+    feats = _dihedral(feats0, k)
+    out = []
+    for i in range(0, len(feats), batch):
+      f = feats[i:i + batch]
+      pad = np.concatenate([f, np.repeat(f[-1:], batch - len(f), 0)]) if len(f) < batch else f
+      out.append(np.asarray(_predict(model, jnp.asarray(pad)))[:len(f)])
+    preds.append(_dihedral(np.concatenate(out), k, inverse=True))
+  g = np.mean(preds, axis=0)
   r = from_grid(g, np.shape(n4_image)[1:])
   m = np.asarray(mask, np.float32)
   return (r - _masked_mean(r, m)).astype(np.float32)

@@ -52,17 +52,6 @@ def prepare(data_dir, dataset: str, split: str, n4_settings, *, limit: int | Non
   return out
 
 
-def _dihedral(a: np.ndarray, k: int) -> np.ndarray:
-  """One of the 8 flips/transposes of the (N, G, G, ...) grid."""
-  if k & 4:
-    a = np.swapaxes(a, 1, 2)
-  if k & 1:
-    a = a[:, ::-1]
-  if k & 2:
-    a = a[:, :, ::-1]
-  return np.ascontiguousarray(a)
-
-
 def loss_fn(model, x, y, w):
   """Weighted MSE of (prediction − target) after removing each slice's weighted mean."""
   pred = jax.image.resize(model(x), y.shape, "cubic")
@@ -105,7 +94,7 @@ def train(train_data: dict, val_data: dict | None, *, steps: int, seed: int = 0,
   for s in range(1, steps + 1):
     idx = np.sort(rng.choice(n, batch, replace=False))
     k = int(rng.integers(8))
-    x, y, w = (_dihedral(train_data[key][idx], k) for key in ("x", "y", "w"))
+    x, y, w = (fieldnet._dihedral(train_data[key][idx], k) for key in ("x", "y", "w"))
     run.append(float(step(model, opt, jnp.asarray(x), jnp.asarray(y), jnp.asarray(w))))
     if s % log_every == 0 or s == steps:
       msg = f"step {s}/{steps}  loss {np.mean(run):.5f}  {time.perf_counter() - t0:.0f} s"
