@@ -16,7 +16,10 @@ How an image goes through (the same preparation the training slices had):
    voxels per axis: `restore_n4_settings`): one 3-D N4 of the
    whole volume (`n4_mode` 'volume', or 'auto' for ≥ 8 slices with anatomy), else per slice
    ('slices', 2-D images, `independent_slices`); `n4='none'` conditions on the corrupted slice
-   twice and a zero field (only for models trained that way, e.g. the no_n4 ablation).
+   twice and a zero field (only for models trained that way, e.g. the no_n4 ablation). The field
+   network (`field_net`, default weight 0.75: `mri_jax.models.fieldnet`) then predicts the smooth
+   log field N4 left in each slice, and N4's field times exp(weight × it) is the field every later
+   step uses ("the N4-corrected input" below is the input divided by it).
 4. Each slice is divided by its mean over the non-air foreground (above 0.2 × Otsu's threshold,
    as the training records' masks; slices with < 64 foreground voxels use the image's foreground
    mean) — the model sees foreground mean 1, as in training — and zero-padded to a size bucket
@@ -346,10 +349,12 @@ def restore_n4_settings(model: Model):
 # simulator / independent corruption / clean scans as input) weight 0: 0.922 / 0.941 / 0.981,
 # 0.5: 0.938 / 0.950 / 0.986, 0.75: 0.941 / 0.951 / 0.986, 1: 0.943 / 0.950 / 0.985. At 1 the
 # dipy b0 group fell below its input on the independent corruption (0.943 vs 0.952; 0.952 at
-# 0.75): real scans are not the simulator's records, so the prediction is trusted by 3/4.
+# 0.75): real scans are not the simulator's records, so the prediction is trusted by 3/4. (That
+# sweep predates the 8-fold TTA, `fieldnet.TTA`; with it, at 0.75: 0.940 / 0.952 / 0.987.)
 DEFAULT_FIELD_NET = 0.75
 # With a volume's 3-D N4 the network's per-slice residuals are smoothed along the slicing axis by
-# a Gaussian of this σ (slices), so the corrected field stays continuous through the volume.
+# a Gaussian of this σ (slices), so the corrected field stays continuous through the volume; the
+# caps (slices not restored) get the nearest restored slice's correction before smoothing.
 FIELD_NET_SLICE_SIGMA = 2.0
 _FIELD_NETS: dict = {}
 
@@ -363,22 +368,38 @@ def field_model():
     if not (fieldnet.WEIGHTS_DIR / "params.npz").is_file():
       raise UserInputError(f"the field network's weights are missing from the installation ({fieldnet.WEIGHTS_DIR}); "
                            "restore without it with --field-net 0")
-    _FIELD_NETS[key] = fieldnet.load()
+    try:
+      _FIELD_NETS[key] = fieldnet.load()
+    except Exception as err:  # a damaged installation: one line, not a traceback
+      raise UserInputError(f"the field network's weights in {fieldnet.WEIGHTS_DIR} cannot be read "
+                           f"({type(err).__name__}: {err}); reinstall, or restore without them with "
+                           "--field-net 0") from None
   return _FIELD_NETS[key]
 
 
-def _field_residual(n4_image: np.ndarray, log_field: np.ndarray, mask: np.ndarray, weight: float, *,
-                    volume: bool) -> np.ndarray:
-  """`weight` × the field network's (N, X, Y) residual log field for these N4 images, fields and
-  masks; for a volume's 3-D N4 smoothed along the slicing axis (`FIELD_NET_SLICE_SIGMA`)."""
+def _field_residual(n4_image: np.ndarray, log_field: np.ndarray, mask: np.ndarray, weight: float) -> np.ndarray:
+  """`weight` × the field network's (N, X, Y) residual log field for these N4 images, fields and masks."""
   from mri_jax.models import fieldnet
 
-  res = float(weight) * fieldnet.residual(field_model(), n4_image, log_field, mask)
-  if volume and len(res) > 1:
-    from scipy import ndimage
+  return float(weight) * fieldnet.residual(field_model(), n4_image, log_field, mask)
 
-    res = ndimage.gaussian_filter1d(res, FIELD_NET_SLICE_SIGMA, axis=0, mode="nearest")
-  return res
+
+def _volume_field_correction(slices: np.ndarray, log_field: np.ndarray, mask: np.ndarray, idx: np.ndarray,
+                             weight: float) -> np.ndarray:
+  """The (N, X, Y) correction of a volume's 3-D N4 log field: the field network's residual on the
+  slices with anatomy (`idx`), the nearest such slice's on the others (the caps), then smoothed
+  along the slicing axis (`FIELD_NET_SLICE_SIGMA`), so the field stays continuous through the
+  volume and does not jump where restoring stops."""
+  from scipy import ndimage
+
+  res = _field_residual(slices[idx] * np.exp(-log_field[idx]), log_field[idx], mask[idx], weight)
+  pos = np.clip(np.searchsorted(idx, np.arange(len(slices))), 0, len(idx) - 1)
+  left = np.clip(pos - 1, 0, len(idx) - 1)
+  nearest = np.where(np.abs(idx[left] - np.arange(len(slices))) < np.abs(idx[pos] - np.arange(len(slices))), left, pos)
+  full = res[nearest]
+  if len(full) > 1:
+    full = ndimage.gaussian_filter1d(full, FIELD_NET_SLICE_SIGMA, axis=0, mode="nearest")
+  return full.astype(np.float32)
 
 
 def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray, inputs: np.ndarray,
@@ -738,15 +759,14 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     log_field = _volume_n4(slices, mask, n4, settings,
                            None if spacing is None or ax is None else _slice_spacing(spacing, ax))
     if field_net:
-      log_field[idx] += _field_residual(slices[idx] * np.exp(-log_field[idx]), log_field[idx], mask[idx], field_net,
-                                        volume=True)
+      log_field += _volume_field_correction(slices, log_field, mask, idx, field_net)
   shape = R.bucket_shape(slices.shape[1:], model.factor)
   prep = R.prepare_slices(slices[idx], mask[idx], model.factor, n4_backend=n4, n4_settings=settings,
                           per_slice=independent_slices, batch_size=batch_size, shape=shape,
                           log_field=None if log_field is None else log_field[idx])
   if field_net and n4 != "none" and log_field is None:  # each slice's own N4 field, refined
     c = prep.crop
-    res = _field_residual(prep.n4[c], prep.log_field[c], mask[idx], field_net, volume=False)
+    res = _field_residual(prep.n4[c], prep.log_field[c], mask[idx], field_net)
     pads = [(0, 0)] + [(sl.start, full - sl.stop) for sl, full in zip(c[1:], prep.log_field.shape[1:])]
     prep = R.with_log_field(prep, prep.log_field + np.pad(res, pads, mode="edge"))
   times["n4"] = time.perf_counter() - t0

@@ -84,6 +84,7 @@ CASES = [
     (["restore", *IMAGE, "--checkpoint", "{d}/no_config"], "has no config.json"),
     (["restore", *IMAGE, "--checkpoint", "{d}/afile"], "is not a directory"),
     (["restore", *IMAGE, "--noise-clamp", "-1"], "--noise-clamp"),
+    (["restore", *IMAGE, "--field-net", "1.5"], "--field-net"),
     (["restore", *IMAGE, "--n4-mode", "cube"], "invalid choice"),
     (["restore", *IMAGE, "--series", "1.2.3"], "--series picks a series"),
     (["restore", "{d}/empty_dir", "{d}/out.nii.gz"], "no DICOM series found"),

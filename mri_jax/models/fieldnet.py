@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -168,36 +169,53 @@ def residual(model: FieldNet, n4_image: np.ndarray, n4_log: np.ndarray, mask: np
 # --------------------------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------------------------
+def _keyed_params(model: FieldNet) -> tuple[dict, object]:
+  """{parameter path: array} of the model's parameters, and the treedef to rebuild them."""
+  state = nnx.state(model, nnx.Param)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+
+  def name(path):
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+  return {name(path): leaf for path, leaf in flat}, treedef
+
+
 def save(model: FieldNet, config: FieldConfig, out_dir, info: dict | None = None) -> Path:
-  """Writes config.json + params.npz (atomically, via temporary names) into `out_dir`."""
+  """Writes config.json + params.npz (one array per parameter, keyed by its path) into `out_dir`,
+  each through a temporary file renamed into place."""
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-  tmp = out / "params.npz.tmp"
-  with open(tmp, "wb") as f:
-    np.savez(f, **{f"p{i:03d}": np.asarray(v) for i, v in enumerate(leaves)})
-  tmp.replace(out / "params.npz")
+  params, _ = _keyed_params(model)
   meta = {"channels": list(config.channels), "grid": GRID, "out_grid": OUT_GRID, **(info or {})}
-  tmpj = out / "config.json.tmp"
+  tmpj = out / f".config.json.{os.getpid()}.tmp"
   tmpj.write_text(json.dumps(meta, indent=1) + "\n")
+  tmp = out / f".params.npz.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in params.items()})
+  tmp.replace(out / "params.npz")
   tmpj.replace(out / "config.json")
   return out
 
 
 def load(directory=None) -> FieldNet:
-  """The field network from `directory` (default: the shipped weights)."""
+  """The field network from `directory` (default: the shipped weights). Raises ValueError when
+  the files do not describe this network (other grids, missing / extra / misshapen parameters)."""
   d = WEIGHTS_DIR if directory is None else Path(directory)
   meta = json.loads((d / "config.json").read_text())
   if meta.get("grid") != GRID or meta.get("out_grid") != OUT_GRID:
     raise ValueError(f"{d}: field network grids {meta.get('grid')}/{meta.get('out_grid')} ≠ {GRID}/{OUT_GRID}")
   config = FieldConfig(channels=tuple(meta["channels"]))
   model = FieldNet(config, rngs=nnx.Rngs(0))
-  state = nnx.state(model, nnx.Param)
-  leaves, treedef = jax.tree.flatten(state)
+  template, treedef = _keyed_params(model)
   with np.load(d / "params.npz") as z:
-    new = [jnp.asarray(z[f"p{i:03d}"]) for i in range(len(leaves))]
-  for a, b in zip(leaves, new):
-    if a.shape != b.shape:
-      raise ValueError(f"{d}: a parameter of shape {b.shape} where {a.shape} was expected")
-  nnx.update(model, jax.tree.unflatten(treedef, new))
+    stored = {k: z[k] for k in z.files}
+  if set(stored) != set(template):
+    missing, extra = sorted(set(template) - set(stored)), sorted(set(stored) - set(template))
+    raise ValueError(f"{d}: parameters missing {missing[:3]}, unexpected {extra[:3]}")
+  for k, t in template.items():
+    if stored[k].shape != t.shape:
+      raise ValueError(f"{d}: parameter {k} has shape {stored[k].shape}, {t.shape} expected")
+    if not np.all(np.isfinite(stored[k])):
+      raise ValueError(f"{d}: parameter {k} holds NaN or Inf")
+  nnx.update(model, jax.tree_util.tree_unflatten(treedef, [jnp.asarray(stored[k], t.dtype) for k, t in template.items()]))
   return model
