@@ -26,6 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mri_jax.models.nets import _up
+from mri_jax.models.restorer import padded_batch
+
 GRID = 64        # the network's input grid (a slice padded to a square and resized)
 OUT_GRID = 16    # the predicted residual's grid
 LOG_FLOOR = 0.05  # the N4 image (foreground mean 1) enters as log(max(x, LOG_FLOOR)) in the mask
@@ -73,8 +76,7 @@ class FieldNet(nnx.Module):
       skips.append(x)
       if i < len(self.down):
         x = self.down[i](x)
-    b, h, w, c = x.shape  # OUT_GRID / 2: up once and join the OUT_GRID level
-    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
+    x = _up(x)  # OUT_GRID / 2: up once and join the OUT_GRID level
     x = self.dec(jnp.concatenate([x, skips[-2]], axis=-1))
     return self.head(x)[..., 0]
 
@@ -150,7 +152,7 @@ def residual(model: FieldNet, n4_image: np.ndarray, n4_log: np.ndarray, mask: np
   the mask is 0): the mean of the network's predictions over the `TTA` flips / transposes of the
   grid. Batches are padded to `batch` (fewer slices: the next power of two) so few shapes compile."""
   feats0 = features(n4_image, n4_log, mask)
-  batch = min(batch, 1 << max(0, int(len(feats0) - 1).bit_length()))  # few slices: a small padded batch
+  batch = padded_batch(len(feats0), batch)  # few slices: a small padded batch
   preds = []
   for k in range(TTA):
     feats = _dihedral(feats0, k)
