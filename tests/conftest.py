@@ -63,17 +63,33 @@ def tiny_config(data_dir, **train_overrides):
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-  """The `tiny` mri_pairs config built once per test session: (data_dir, build summary)."""
+def tiny_dataset(tmp_path_factory, worker_id):
+  """The `tiny` mri_pairs config built once per test session: (data_dir, build summary). Under
+  pytest-xdist the workers share one build (the first builds it under a file lock, the others
+  read it; the build is seeded, so it is the same data either way)."""
+  import json
+
   from mri_jax.data import build
 
-  data_dir = tmp_path_factory.mktemp("tfds")
-  return data_dir, build.build_data("tiny", data_dir=data_dir)
+  if worker_id == "master":
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return data_dir, build.build_data("tiny", data_dir=data_dir)
+  from filelock import FileLock
+
+  root = tmp_path_factory.getbasetemp().parent  # shared by the session's workers
+  data_dir, done = root / "tfds_shared", root / "tfds_shared.json"
+  with FileLock(str(root / "tfds_shared.lock")):
+    if not done.is_file():
+      summary = build.build_data("tiny", data_dir=data_dir)
+      done.write_text(json.dumps(summary, default=str))
+  return data_dir, json.loads(done.read_text())
 
 
 @pytest.fixture(scope="session")
 def full_run(tiny_dataset, tmp_path_factory):
-  """One uninterrupted tiny training run with validation (trainer, ablations, export tests)."""
+  """One uninterrupted tiny training run with validation (trainer, ablations, export tests). Its
+  tests carry `@pytest.mark.xdist_group("full_run")` (with `--dist loadgroup` in pyproject's
+  addopts) so pytest-xdist runs them on one worker and the run is trained once."""
   from mri_jax import train
 
   data_dir, _ = tiny_dataset

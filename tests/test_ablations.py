@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.xdist_group("full_run")  # trained once: see conftest.full_run
 def test_ablation_table_from_run_folders(full_run, tmp_path, capsys):
   import shutil
 

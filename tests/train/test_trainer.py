@@ -16,6 +16,7 @@ def _leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
+@pytest.mark.xdist_group("full_run")  # trained once: see conftest.full_run
 def test_validation_scores_grid_and_tensorboard_events(full_run):
   evals = [r for r in full_run["history"] if r["stage"].startswith("eval_")]
   assert [(r["step"], r["stage"]) for r in evals] == [(6, "eval_ae"), (12, "eval_diffusion")]
@@ -31,6 +32,7 @@ def test_validation_scores_grid_and_tensorboard_events(full_run):
   assert stages == {"ae", "diffusion", "eval_ae", "eval_diffusion"}
 
 
+@pytest.mark.xdist_group("full_run")  # trained once: see conftest.full_run
 def test_losses_decrease_and_one_step_restoration_is_finite(full_run, tiny_dataset):
   h = full_run["history"]
   ae = [r["loss"] for r in h if r["stage"] == "ae"]  # (eval rows are separate stages)
@@ -47,6 +49,7 @@ def test_losses_decrease_and_one_step_restoration_is_finite(full_run, tiny_datas
     assert out.shape == batch["clean"].shape and bool(np.all(np.isfinite(np.asarray(out))))
 
 
+@pytest.mark.xdist_group("full_run")  # trained once: see conftest.full_run
 def test_killed_and_resumed_run_ends_with_the_same_weights(full_run, tiny_dataset, tmp_path):
   data_dir, _ = tiny_dataset
   workdir = tmp_path / "run"
@@ -63,6 +66,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(full_run, tiny_datase
   assert steps == list(range(1, 13))
 
 
+@pytest.mark.xdist_group("full_run")  # trained once: see conftest.full_run
 def test_bfloat16_compute_trains_close_to_float32(full_run, tiny_dataset, tmp_path):
   data_dir, _ = tiny_dataset
   out = train.train(_cfg(data_dir, compute_dtype="bfloat16"), tmp_path / "bf16", log=lambda m: None)
@@ -110,6 +114,7 @@ def test_clear_errors(tiny_dataset, tmp_path):
     train.train(missing, tmp_path / "m", log=lambda m: None)
 
 
+@pytest.mark.xdist_group("full_run")  # trained once: see conftest.full_run
 def test_checkpoints_are_keyed_by_names(full_run):
   ckpt = checkpoints.Checkpointer(full_run["workdir"] / "checkpoints")
   try:
