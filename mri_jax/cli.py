@@ -141,7 +141,8 @@ def _cmd_train_field(args) -> int:
   from mri_jax.train import field
 
   info = field.run(args.outdir, data_dir=args.data_dir, datasets=tuple(args.dataset or field.DEFAULT_DATASETS),
-                   validation=None if args.validation == "none" else args.validation, steps=args.steps, seed=args.seed,
+                   validation=None if args.validation == "none" else args.validation, steps=args.steps,
+                   augment=args.augment, seed=args.seed,
                    batch=args.batch_size, lr=args.lr, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
   v = info.get("validation")
   tail = (f"; validation RMS of the log field left: N4 {v['rms_log_field_n4']:.4f} → {v['rms_log_field_refined']:.4f}"
@@ -292,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--validation", default=field_train.DEFAULT_VALIDATION, metavar="NAME",
                  help="records whose validation split is reported ('none': skip); default %(default)s")
   p.add_argument("--steps", type=int, default=field_train.DEFAULT_STEPS, help="training steps; default %(default)s")
-  p.add_argument("--seed", type=int, default=0, help="seed of the weights and batches; default %(default)s")
+  p.add_argument("--augment", type=int, default=field_train.DEFAULT_AUGMENT,
+                 help="re-corrupted copies of each record (a random smooth field multiplied on, in place of "
+                      "the simulator's, or none at all), 0–8; default %(default)s")
+  p.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and re-corruption; default %(default)s")
   p.add_argument("--batch-size", type=int, default=32, help="slices per step; default %(default)s")
   p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay); default %(default)s")
   p.add_argument("--overwrite", action="store_true", help="replace weights already in OUTDIR")

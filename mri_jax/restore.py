@@ -35,7 +35,7 @@ How an image goes through (the same preparation the training slices had):
    tissue (the non-air foreground grown by 2 voxels), the fraction α of the change to the
    N4-corrected input that minimises Stein's unbiased estimate of the error — the change of the
    N4-corrected input filtered with the network's output as the pilot (`wiener`, default on:
-   `_pilot_wiener`, BM3D's second step), or of the network's own output (`_sure_blend`:
+   `_pilot_wiener`, BM3D's second step, run `WIENER_PASSES` times), or of the network's own output (`_sure_blend`:
    one more network pass with a small noise probe; one α per band of the change, coarser / finer
    than 1 px; per slice, or per volume with a 3-D N4),
    so where the network would do worse than its input, the output falls back towards the input;
@@ -328,6 +328,11 @@ BLEND_BANDS: tuple[float, ...] = (1.0,)
 # side and stride of its sliding DCT (8 / 2 as BM3D's second step; 4 / 1 gave the same SSIM to
 # ±0.001 on the real-scan set, seed 0, 4 slices per group).
 WIENER_BLOCK, WIENER_STRIDE = 8, 2
+# Passes of the filter: each later pass takes the previous pass's output as its pilot. Two passes
+# against one (seed 0; synthetic test 48 slices; real-scan set 4 slices per group, simulator /
+# independent corruption): SSIM 0.864 → 0.866, 0.940 → 0.942, 0.952 → 0.954, for ≈ 0.06 s more
+# per 256² slice (and as much in the blend's probe pass).
+WIENER_PASSES = 2
 DEFAULT_WIENER = True
 # Restore's N4 fits the field on at least this many voxels per axis (`N4Settings.min_shrunk`:
 # the shrink factor 4 is lowered on smaller images; a 256² slice keeps shrink 4). With the fit on
@@ -505,7 +510,7 @@ def _dct_matrix(n: int) -> np.ndarray:
 
 
 def _pilot_wiener(reference: np.ndarray, pilot: np.ndarray, sigma: np.ndarray, *, block: int = WIENER_BLOCK,
-                  stride: int = WIENER_STRIDE) -> np.ndarray:
+                  stride: int = WIENER_STRIDE, passes: int = WIENER_PASSES) -> np.ndarray:
   """The empirical Wiener filter of a noisy 2-D image with a pilot estimate (the second step of
   BM3D, Dabov et al. 2007, with the network's output as the pilot and sliding blocks in place of
   grouped ones): in every `block`² DCT block (every `stride` pixels), each coefficient of
@@ -513,7 +518,10 @@ def _pilot_wiener(reference: np.ndarray, pilot: np.ndarray, sigma: np.ndarray, *
   variance from `sigma` (an (X, Y) map of the reference's noise σ); the DC term is kept. Blocks are
   averaged with BM3D's weights 1 / Σ W². Where the pilot shows structure the reference's own
   pixels are kept (the pilot's blur and texture errors do not reach the output); where the pilot is
-  flat the reference's noise is removed. σ = 0 returns `reference` (to float rounding)."""
+  flat the reference's noise is removed. σ = 0 returns `reference` (to float rounding). With
+  `passes` > 1 the filter runs again with its own output as the pilot."""
+  for _ in range(passes - 1):
+    pilot = _pilot_wiener(reference, pilot, sigma, block=block, stride=stride, passes=1)
   from numpy.lib.stride_tricks import sliding_window_view
 
   b, st = block, stride
