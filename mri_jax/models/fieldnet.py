@@ -135,6 +135,22 @@ def _predict(model: FieldNet, x):
   return jax.image.resize(model(x), (x.shape[0], GRID, GRID), "cubic")
 
 
+def _predict_cached(model: FieldNet, x):
+  """`_predict` as a program of (parameters, x) through `compile_cache.cached_call`, so a later
+  process with the cache on reads the traced program instead of tracing the network again."""
+  from mri_jax import compile_cache
+
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+
+  def fn(leaves, x):
+    net = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+    return jax.image.resize(net(x), (x.shape[0], GRID, GRID), "cubic")
+
+  # the architecture is fixed by the parameters' shapes, which key the program with x's
+  return compile_cache.cached_call(f"fieldnet-g{GRID}-o{OUT_GRID}", fn, leaves, x)
+
+
 def _dihedral(a: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
   """One of the 8 flips/transposes of (N, G, G, ...) arrays (`inverse`: undo it)."""
   ops = [lambda x: np.swapaxes(x, 1, 2)] if k & 4 else []
@@ -166,7 +182,7 @@ def residual(model: FieldNet, n4_image: np.ndarray, n4_log: np.ndarray, mask: np
     for i in range(0, len(feats), batch):
       f = feats[i:i + batch]
       pad = np.concatenate([f, np.repeat(f[-1:], batch - len(f), 0)]) if len(f) < batch else f
-      out.append(np.asarray(_predict(model, jnp.asarray(pad)))[:len(f)])
+      out.append(np.asarray(_predict_cached(model, jnp.asarray(pad)))[:len(f)])
     preds.append(_dihedral(np.concatenate(out), k, inverse=True))
   g = np.mean(preds, axis=0)
   r = from_grid(g, np.shape(n4_image)[1:])
@@ -213,7 +229,8 @@ def load(directory=None) -> FieldNet:
   if meta.get("grid") != GRID or meta.get("out_grid") != OUT_GRID:
     raise ValueError(f"{d}: field network grids {meta.get('grid')}/{meta.get('out_grid')} ≠ {GRID}/{OUT_GRID}")
   config = FieldConfig(channels=tuple(meta["channels"]))
-  model = FieldNet(config, rngs=nnx.Rngs(0))
+  # the structure only (no random initialisation: that cost ≈ 1 s of eager ops per process)
+  model = nnx.eval_shape(lambda: FieldNet(config, rngs=nnx.Rngs(0)))
   template, treedef = _keyed_params(model)
   with np.load(d / "params.npz") as z:
     stored = {k: z[k] for k in z.files}
