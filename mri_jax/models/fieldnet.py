@@ -221,6 +221,18 @@ def save(model: FieldNet, config: FieldConfig, out_dir, info: dict | None = None
   return out
 
 
+def _abstract(config: FieldConfig):
+  """(graph definition, abstract state) of the network: its structure only, no random
+  initialisation (that cost ≈ 1 s of eager operations per process), kept in the compilation cache
+  when it is on (as `Restorer.from_config` keeps the restorer's)."""
+  from mri_jax import compile_cache
+
+  def build():
+    return nnx.split(nnx.eval_shape(lambda: FieldNet(config, rngs=nnx.Rngs(0))))
+
+  return compile_cache.cached_value("fieldnet-abstract", json.dumps(list(config.channels)), build)
+
+
 def load(directory=None) -> FieldNet:
   """The field network from `directory` (default: the shipped weights). Raises ValueError when
   the files do not describe this network (other grids, missing / extra / misshapen parameters)."""
@@ -229,8 +241,7 @@ def load(directory=None) -> FieldNet:
   if meta.get("grid") != GRID or meta.get("out_grid") != OUT_GRID:
     raise ValueError(f"{d}: field network grids {meta.get('grid')}/{meta.get('out_grid')} ≠ {GRID}/{OUT_GRID}")
   config = FieldConfig(channels=tuple(meta["channels"]))
-  # the structure only (no random initialisation: that cost ≈ 1 s of eager ops per process)
-  model = nnx.eval_shape(lambda: FieldNet(config, rngs=nnx.Rngs(0)))
+  model = nnx.merge(*_abstract(config))
   template, treedef = _keyed_params(model)
   with np.load(d / "params.npz") as z:
     stored = {k: z[k] for k in z.files}
