@@ -35,9 +35,9 @@ How an image goes through (the same preparation the training slices had):
    tissue (the non-air foreground grown by 2 voxels), the fraction α of the change to the
    N4-corrected input that minimises Stein's unbiased estimate of the error — the change of the
    N4-corrected input filtered with the network's output as the pilot (`wiener`, default on:
-   `_pilot_wiener`, BM3D's second step, run `WIENER_PASSES` times), or of the network's own output (`_sure_blend`:
-   one more network pass with a small noise probe; one α per band of the change, coarser / finer
-   than 1 px; per slice, or per volume with a 3-D N4),
+   `_pilot_wiener`, BM3D's second step, run `WIENER_PASSES` times), or of the network's own
+   output (`_sure_blend`: one more network pass with a small noise probe; one α per band of the
+   change, coarser / finer than 1 px; per slice, or per volume with a 3-D N4),
    so where the network would do worse than its input, the output falls back towards the input;
    the noise clamp (`noise_clamp`, default 2) keeps every tissue voxel within k noise σ of the
    N4-corrected input; in the air beyond, the network may remove the noise entirely. The physics
@@ -330,8 +330,9 @@ BLEND_BANDS: tuple[float, ...] = (1.0,)
 WIENER_BLOCK, WIENER_STRIDE = 8, 2
 # Passes of the filter: each later pass takes the previous pass's output as its pilot. Two passes
 # against one (seed 0; synthetic test 48 slices; real-scan set 4 slices per group, simulator /
-# independent corruption): SSIM 0.864 → 0.866, 0.940 → 0.942, 0.952 → 0.954, for ≈ 0.06 s more
-# per 256² slice (and as much in the blend's probe pass).
+# independent corruption): SSIM 0.864 → 0.866, 0.940 → 0.942, 0.952 → 0.954, for ≈ 0.03 s more
+# per 256² slice, paid twice (the output and the blend's probe). 3 / 4 / 6 passes gained ≈ 0.001
+# each more (RESULTS, ninth pass).
 WIENER_PASSES = 2
 DEFAULT_WIENER = True
 # Restore's N4 fits the field on at least this many voxels per axis (`N4Settings.min_shrunk`:

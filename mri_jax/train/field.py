@@ -181,12 +181,13 @@ DEFAULT_AUGMENT = fieldnet.DEFAULT_AUGMENT
 
 
 def run(out_dir, *, data_dir, datasets=DEFAULT_DATASETS, validation: str | None = DEFAULT_VALIDATION,
-        steps: int = DEFAULT_STEPS, augment: int = DEFAULT_AUGMENT, seed: int = 0, batch: int = 32, lr: float = 1e-3, limit: int | None = None,
-        overwrite: bool = False, log=print) -> dict:
+        steps: int = DEFAULT_STEPS, augment: int = DEFAULT_AUGMENT, seed: int = 0, batch: int = 32,
+        lr: float = 1e-3, limit: int | None = None, overwrite: bool = False, log=print) -> dict:
   """`mri-jax train-field`: prepares the records' train splits (and `validation`'s validation split)
   with restore's N4 (`restore.restore_n4_settings` of the shipped restorer), with `augment`
   re-corrupted copies of every record (`recorrupt`; the validation split is reported both as
-  stored and re-corrupted), trains, and writes the weights (config.json + params.npz) into `out_dir`. Returns the summary stored in config.json.
+  stored and re-corrupted), trains, and writes the weights (config.json + params.npz) into
+  `out_dir`. Returns the summary stored in config.json.
 
   Raises:
     UserInputError: bad options, a dataset that is not built in `data_dir`, or an `out_dir` that
@@ -219,14 +220,16 @@ def run(out_dir, *, data_dir, datasets=DEFAULT_DATASETS, validation: str | None 
       raise UserInputError(f"dataset '{name}' is not built in '{data_dir}' (build it with mri-jax build-data "
                            f"--config {name.split('/')[-1]} --data-dir {data_dir})")
   settings = restore.restore_n4_settings(restore.load_model(None))
-  parts = [prepare(data_dir, d, "train", settings, limit=limit, augment=augment, seed=seed, log=log) for d in datasets]
+  parts = [prepare(data_dir, d, "train", settings, limit=limit, augment=augment, seed=seed, log=log)
+           for d in datasets]
   if sum(len(p["x"]) for p in parts) < batch:
     raise UserInputError(f"{sum(len(p['x']) for p in parts)} training slices: fewer than one batch of {batch}")
   train_data = {k: np.concatenate([p[k] for p in parts]) for k in "xyw"}
   val_data = prepare(data_dir, validation, "validation", settings, limit=limit, log=log) if validation else None
   model = train(train_data, val_data, steps=steps, seed=seed, batch=batch, lr=lr, log=log,
                 log_every=max(1, min(500, steps // 10)))
-  info = dict(datasets=list(datasets), steps=steps, augment=augment, seed=seed, batch=batch, lr=lr, train_slices=len(train_data["x"]),
+  info = dict(datasets=list(datasets), steps=steps, augment=augment, seed=seed, batch=batch, lr=lr,
+              train_slices=len(train_data["x"]),
               n4=dict(iterations=list(settings.iterations), shrink=settings.shrink, min_shrunk=settings.min_shrunk))
   if val_data is not None:
     before, after = evaluate_rms(model, val_data)
