@@ -130,14 +130,11 @@ def features(n4_image: np.ndarray, n4_log: np.ndarray, mask: np.ndarray) -> np.n
   return np.stack([to_grid(logi), to_grid(lf), to_grid(mf)], axis=-1).astype(np.float32)
 
 
-@nnx.jit
-def _predict(model: FieldNet, x):
-  return jax.image.resize(model(x), (x.shape[0], GRID, GRID), "cubic")
-
-
-def _predict_cached(model: FieldNet, x):
-  """`_predict` as a program of (parameters, x) through `compile_cache.cached_call`, so a later
-  process with the cache on reads the traced program instead of tracing the network again."""
+def _predictor(model: FieldNet):
+  """x (N, GRID, GRID, 3) → the network's prediction resized to (N, GRID, GRID): one program of
+  (parameters, x) through `compile_cache.cached_call`, so a later process with the cache on reads
+  the traced program instead of tracing the network again. The model is split once here, not per
+  batch."""
   from mri_jax import compile_cache
 
   graphdef, state = nnx.split(model)
@@ -148,7 +145,7 @@ def _predict_cached(model: FieldNet, x):
     return jax.image.resize(net(x), (x.shape[0], GRID, GRID), "cubic")
 
   # the architecture is fixed by the parameters' shapes, which key the program with x's
-  return compile_cache.cached_call(f"fieldnet-g{GRID}-o{OUT_GRID}", fn, leaves, x)
+  return lambda x: compile_cache.cached_call(f"fieldnet-g{GRID}-o{OUT_GRID}", fn, leaves, x)
 
 
 def _dihedral(a: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
@@ -175,6 +172,7 @@ def residual(model: FieldNet, n4_image: np.ndarray, n4_log: np.ndarray, mask: np
   grid. Batches are padded to `batch` (fewer slices: the next power of two) so few shapes compile."""
   feats0 = features(n4_image, n4_log, mask)
   batch = padded_batch(len(feats0), batch)  # few slices: a small padded batch
+  predict = _predictor(model)
   preds = []
   for k in range(TTA):
     feats = _dihedral(feats0, k)
@@ -182,7 +180,7 @@ def residual(model: FieldNet, n4_image: np.ndarray, n4_log: np.ndarray, mask: np
     for i in range(0, len(feats), batch):
       f = feats[i:i + batch]
       pad = np.concatenate([f, np.repeat(f[-1:], batch - len(f), 0)]) if len(f) < batch else f
-      out.append(np.asarray(_predict_cached(model, jnp.asarray(pad)))[:len(f)])
+      out.append(np.asarray(predict(jnp.asarray(pad)))[:len(f)])
     preds.append(_dihedral(np.concatenate(out), k, inverse=True))
   g = np.mean(preds, axis=0)
   r = from_grid(g, np.shape(n4_image)[1:])

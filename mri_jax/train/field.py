@@ -136,9 +136,10 @@ def evaluate_rms(model, data: dict, batch: int = 64) -> tuple[float, float]:
     d = d - (d * w).sum(axis=(1, 2), keepdims=True) / ws
     return float(np.sqrt((d ** 2 * w).sum() / ws.sum()))
 
+  predict = fieldnet._predictor(model)
   preds = []
   for i in range(0, len(data["x"]), batch):
-    preds.append(np.asarray(fieldnet._predict(model, jnp.asarray(data["x"][i:i + batch]))))
+    preds.append(np.asarray(predict(jnp.asarray(data["x"][i:i + batch]))))
   pred = np.concatenate(preds)
   return rms(-data["y"], data["w"]), rms(pred - data["y"], data["w"])
 
