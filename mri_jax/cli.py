@@ -195,11 +195,14 @@ def _cmd_restore(args) -> int:
     b = s["blend"]
     names = ([f"content coarser than {b['bands'][0]:g} px"] + [f"{lo:g}–{hi:g} px" for lo, hi in
              zip(b["bands"][:-1], b["bands"][1:])] + ["finer"]) if b["bands"] else ["all"]
-    parts = [f"{m:.2f} ({name}" + (f"; slices {lo:.2f}–{hi:.2f})" if hi > lo else ")")
-             for name, m, lo, hi in zip(names, b["median"], b["min"], b["max"])]
-    what = "the network-piloted Wiener filter's" if b.get("wiener") else "the network's"
-    print(f"SURE blend: share of {what} change to the N4-corrected input kept, α = " + ", ".join(parts)
-          + " (1 = all, 0 = the N4-corrected input)")
+    whats = ["the network-piloted Wiener filter's" if b.get("wiener") else "the network's"]
+    whats += ["the network's own"] if b.get("network_too") else []
+    for w, what in enumerate(whats):
+      sel = slice(w * len(names), (w + 1) * len(names))
+      parts = [f"{m:.2f} ({name}" + (f"; slices {lo:.2f}–{hi:.2f})" if hi > lo else ")")
+               for name, m, lo, hi in zip(names, b["median"][sel], b["min"][sel], b["max"][sel])]
+      print(f"SURE blend: share of {what} change to the N4-corrected input kept, α = " + ", ".join(parts)
+            + " (1 = all, 0 = the N4-corrected input)")
   if c["flagged"]:
     shown = ", ".join(map(str, c["flagged"][:12])) + (" …" if len(c["flagged"]) > 12 else "")
     print(f"warning: on {len(c['flagged'])} slice(s) ({shown}) the output departs from the input beyond noise "

@@ -12,10 +12,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# One fresh compilation cache for the session (the CLI turns it on; subprocesses inherit it).
-_CACHE = tempfile.mkdtemp(prefix="mri_jax_test_cache_")
-atexit.register(shutil.rmtree, _CACHE, True)
-os.environ.setdefault("MRI_JAX_CACHE_DIR", _CACHE)
+# One fresh compilation cache for the session (subprocesses inherit it). The
+# process that starts pytest makes it; pytest-xdist's workers inherit the variable, so they share
+# the cache (a program one worker compiled, the other loads), and only the starting process removes it.
+if "MRI_JAX_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="mri_jax_test_cache_")
+  atexit.register(shutil.rmtree, _CACHE, True)
+  os.environ["MRI_JAX_CACHE_DIR"] = _CACHE
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -23,6 +26,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 assert jax.device_count() == 8, f"expected 8 forced CPU devices, got {jax.devices()}"
+
+from mri_jax import compile_cache  # noqa: E402
+
+# On for every test, not only after the first CLI call: a program that an earlier test (or the
+# other worker) compiled is loaded, not compiled again (the training tests build the same steps
+# in several runs).
+compile_cache.enable()
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402

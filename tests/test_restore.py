@@ -392,14 +392,30 @@ def test_sure_blend_with_the_wiener_filter_weighs_the_filtered_image(noise, blur
   mse = lambda x: float(np.mean((x - truth)[mask] ** 2))  # noqa: E731
   args = (inputs, np.ones(2), inputs, ones, mask, np.ones_like(mask), prep, network, 2)
   plain, _ = restore._sure_blend(restored, *args, lowfreq=None, one_weight=False, seed=0)
-  out, alphas = restore._sure_blend(restored, *args, lowfreq=None, one_weight=False, seed=0, wiener=True)
   sigma = restore._input_sigmas(inputs, mask)
   filtered = np.stack([restore._pilot_wiener(inputs[i], restored[i], np.full((64, 64), sigma[i], np.float32))
                        for i in range(2)])
   grid = np.linspace(0, 1, 101)
+  with monkeypatch.context() as m:  # the filtered image's change alone
+    m.setattr(restore, "BLEND_NETWORK_TOO", False)
+    alone, alphas = restore._sure_blend(restored, *args, lowfreq=None, one_weight=False, seed=0, wiener=True)
+  assert alphas.shape == (2, 1)
   for i in range(2):
     err = [float(np.mean((inputs[i] + a * (filtered[i] - inputs[i]) - truth[i])[mask[i]] ** 2)) for a in grid]
     assert abs(alphas[i, 0] - grid[int(np.argmin(err))]) < 0.12, (i, alphas[i, 0], grid[int(np.argmin(err))])
+  # the shipped blend weighs the network's own change too: (α of the filtered, β of the network's),
+  # near the pair that minimises the true error, and never worse than the filtered change alone
+  assert restore.BLEND_NETWORK_TOO and restore.blend_weight_count(True) == 2
+  out, alphas = restore._sure_blend(restored, *args, lowfreq=None, one_weight=False, seed=0, wiener=True)
+  assert alphas.shape == (2, 2) and np.all((alphas >= 0) & (alphas <= 1))
+  coarse = np.linspace(0, 1, 21)
+  for i in range(2):
+    fc, gc = (filtered[i] - inputs[i])[mask[i]], (restored[i] - inputs[i])[mask[i]]
+    e = (inputs[i] - truth[i])[mask[i]]
+    err = np.array([[np.mean((e + a * fc + b * gc) ** 2) for b in coarse] for a in coarse])
+    got = float(np.mean((e + alphas[i, 0] * fc + alphas[i, 1] * gc) ** 2))
+    assert got <= 1.05 * err.min(), (i, alphas[i], got, err.min())
+  assert mse(out) <= 1.02 * mse(alone), (mse(out), mse(alone))
   assert mse(out) <= 1.02 * mse(plain), (mse(out), mse(plain))
   assert mse(out) <= 1.02 * mse(inputs)
   # the filter acts in tissue only: the air (here the 6-px frame outside the square) keeps the
