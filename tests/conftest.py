@@ -21,8 +21,9 @@ if "MRI_JAX_CACHE_DIR" not in os.environ:
   os.environ["MRI_JAX_CACHE_DIR"] = _CACHE
 
 # LLVM at optimisation level 0 unless asked otherwise: most tests are bound by compiling, not by
-# running (the network-shapes test and test_transforms.py took 30 % less time; the outputs stay within the tests' tolerances,
-# the shipped model's reference outputs included). Benchmarks never run with it.
+# running (the network-shapes test and test_transforms.py took 30 % less time). The outputs stay
+# within the tests' tolerances, the shipped model's reference outputs included. Benchmarks never
+# run with it.
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
