@@ -205,8 +205,9 @@ class RestoreResult:
   the foreground mask; the slicing axis (None for 2-D); seconds per stage; the physics
   consistency check (`mri_jax.consistency`: per-slice `energy` and `structure` in slicing order,
   `flagged` slice indices, `residual` map r / σ̂ in the input's shape; None when not run); the SURE
-  blend's (N, bands) α in slicing order, coarsest band first (NaN where not blended; None when
-  the blend is off or there is no N4)."""
+  blend's (N, `blend_weight_count`) weights in slicing order: the bands of the change weighed,
+  coarsest first (with the Wiener filter: the filtered change's bands, then the network's own);
+  NaN where not blended; None when the blend is off or there is no N4."""
 
   image: np.ndarray
   field: np.ndarray | None
