@@ -203,6 +203,9 @@ def test_prepare_adds_seeded_recorrupted_copies(tiny_dataset):
     np.testing.assert_array_equal(a["w"][6:12], plain["w"])  # copies keep each record's foreground
   assert not np.allclose(a["y"][6:], c["y"][6:])
   assert not np.allclose(a["y"][6:12], plain["y"])
+  only = field_train.prepare(data_dir, "mri_pairs/tiny", "train", settings, augment=2, seed=5, originals=False, **kw)
+  for k in "xyw":  # the copies alone, without the records' N4 run again: the same copies
+    np.testing.assert_array_equal(only[k], a[k][6:])
 
 
 def test_training_is_deterministic_and_learns_on_tiny_records(tiny_dataset, tmp_path):

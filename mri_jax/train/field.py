@@ -69,10 +69,11 @@ def recorrupt(corrupted: np.ndarray, bias: np.ndarray, fg: np.ndarray, kind: str
   return (corrupted * np.exp(new_log - true_log)).astype(np.float32), new_log
 
 
-def _records(src, n: int, augment: int, seed: int):
-  """(corrupted, mask, true log field) per slice: the `n` records as stored, then `augment`
-  re-corrupted copies of each (kinds in turn from a seeded start, one generator per copy)."""
-  for i in range(n):
+def _records(src, n: int, augment: int, seed: int, originals: bool = True):
+  """(corrupted, mask, true log field) per slice: the `n` records as stored (unless not
+  `originals`), then `augment` re-corrupted copies of each (kinds in turn from a seeded start, one
+  generator per copy, so the copies do not depend on `originals`)."""
+  for i in range(n if originals else 0):
     r = src[i]
     yield (np.asarray(r["corrupted"], np.float32), np.asarray(r["mask"], bool),
            np.log(np.maximum(np.asarray(r["bias"], np.float32), 1e-6)))
@@ -87,9 +88,9 @@ def _records(src, n: int, augment: int, seed: int):
 
 
 def prepare(data_dir, dataset: str, split: str, n4_settings, *, limit: int | None = None, batch: int = 32,
-            augment: int = 0, seed: int = 0, log=print) -> dict:
+            augment: int = 0, seed: int = 0, originals: bool = True, log=print) -> dict:
   """(features, target, weight) arrays on the network's grid for the records of one split, and
-  `augment` re-corrupted copies of each (`recorrupt`)."""
+  `augment` re-corrupted copies of each (`recorrupt`); `originals=False`: the copies only."""
   from tqdm.auto import tqdm
 
   from mri_jax import n4
@@ -98,9 +99,9 @@ def prepare(data_dir, dataset: str, split: str, n4_settings, *, limit: int | Non
 
   src = pipeline.data_source(dataset, split, data_dir=data_dir)
   n = len(src) if limit is None else min(limit, len(src))
-  total = n * (1 + augment)
+  total = n * (int(originals) + augment)
   feats, targets, weights = [], [], []
-  it = _records(src, n, augment, seed)
+  it = _records(src, n, augment, seed, originals)
   for start in tqdm(range(0, total, batch), desc=f"N4 of {dataset} {split}", unit="batch", leave=False):
     recs = [next(it) for _ in range(min(batch, total - start))]
     corrupted = np.stack([r[0] for r in recs])
@@ -116,7 +117,8 @@ def prepare(data_dir, dataset: str, split: str, n4_settings, *, limit: int | Non
     targets.append(fieldnet.to_grid(true_log - n4_log))
     weights.append(fieldnet.to_grid(fg.astype(np.float32)))
   out = {"x": np.concatenate(feats), "y": np.concatenate(targets), "w": np.concatenate(weights)}
-  log(f"{dataset} {split}: {n} slices" + (f" + {n * augment} re-corrupted copies" if augment else ""))
+  log(f"{dataset} {split}: " + (f"{n} slices" if originals else "")
+      + (f"{' + ' if originals else ''}{n * augment} re-corrupted copies" if augment else ""))
   return out
 
 
@@ -236,9 +238,9 @@ def run(out_dir, *, data_dir, datasets=DEFAULT_DATASETS, validation: str | None 
     before, after = evaluate_rms(model, val_data)
     info["validation"] = dict(dataset=validation, rms_log_field_n4=round(before, 5), rms_log_field_refined=round(after, 5))
     if augment:
-      val_aug = prepare(data_dir, validation, "validation", settings, limit=limit, augment=1, seed=seed + 1, log=log)
-      n_val = len(val_data["x"])
-      before, after = evaluate_rms(model, {k: v[n_val:] for k, v in val_aug.items()})
+      val_aug = prepare(data_dir, validation, "validation", settings, limit=limit, augment=1, seed=seed + 1,
+                        originals=False, log=log)
+      before, after = evaluate_rms(model, val_aug)
       info["validation_recorrupted"] = dict(rms_log_field_n4=round(before, 5), rms_log_field_refined=round(after, 5))
   fieldnet.save(model, fieldnet.FieldConfig(), out, info)
   return info
