@@ -481,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="slicing axis of a 3-D volume (default: auto)")
   p.add_argument("--independent-slices", action="store_true", default=rd["independent_slices"],
                  help="the 3-D input is a stack of unrelated 2-D images (different scans or subjects): Otsu's "
-                      "threshold and N4 per slice instead of one for the volume")
+                      "threshold and N4 per slice instead of one for the volume, and every slice with enough foreground "
+                      "is restored (none is treated as a volume's cap)")
   p.add_argument("--fidelity", type=float, default=rd["fidelity"], metavar="W",
                  help="weight in [0, 1] of the fidelity path (input pixels fed past the latent) for models "
                       "that have one: 0 = the plain decoder; default: the model's (1)")

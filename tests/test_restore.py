@@ -487,3 +487,25 @@ def test_restore_cli_independent_slices(subject, tmp_path, capsys):
   code, _, err = run_cli(["restore", str(inp), str(tmp_path / "o2.nii.gz"), "--independent-slices",
                           "--n4-mode", "volume"], capsys)
   assert code == 2 and "--independent-slices" in err and not (tmp_path / "o2.nii.gz").exists()
+
+
+def test_independent_slices_restore_a_slice_with_little_foreground(subject):
+  """In a stack of unrelated images (`independent_slices`) each slice is judged on its own
+  foreground: one whose Otsu foreground is under a tenth of another slice's is not a volume's cap,
+  and is restored (once it went out as the raw input, bias and noise kept). As a volume, the same
+  slice is a cap and passes through unchanged."""
+  from mri_jax.n4 import otsu_mask
+
+  _, _, noisy = subject
+  small = noisy[:, :, 10]
+  big = np.kron(noisy[:, :, 11], np.ones((4, 4), np.float32))  # an unrelated image 4× the size
+  small = np.pad(small, ((0, big.shape[0] - small.shape[0]), (0, big.shape[1] - small.shape[1])))  # in air
+  stack = np.stack([big, small])
+  counts = np.array([np.asarray(otsu_mask(x)).sum() for x in stack])
+  assert restore.MIN_FOREGROUND <= counts[1] < restore.PASS_THROUGH_FRACTION * counts[0]
+  kw = dict(axis=0, n4_mode="slices", check_consistency=False)
+  res = restore.restore_array(stack, independent_slices=True, **kw)
+  assert np.isfinite(res.blend[1]).all()  # the small slice went through the blend
+  assert not np.allclose(res.image[1], small, rtol=0.05, atol=0.05 * float(small.max()))
+  vol = restore.restore_array(stack, **kw)
+  np.testing.assert_array_equal(vol.image[1], np.maximum(small, 0))
