@@ -23,7 +23,9 @@ scikit-image's wavelet estimator); BM3D when the `bm3d` package is installed; th
 Metrics inside the clean image's foreground mask after dividing each image by its foreground
 mean (`metrics.masked_scores`): SSIM, PSNR; "bias residual" = std of log(G∗x / G∗clean) over the
 mask with a Gaussian G of σ = 4 px (0 = no low-frequency intensity error left; the white-matter
-CV is not available because the test split stores no tissue maps); seconds per slice.
+CV is not available because the test split stores no tissue maps); seconds per slice; the
+do-no-harm count: slices (and, on the real-scan set, groups) whose SSIM is below the corrupted
+input's.
 
 Faithfulness (`faithfulness=True`): small hypo- and hyper-intense discs (lesions, never seen in
 training) are put into clean test slices before corruption; reported is the fraction of each
@@ -262,6 +264,12 @@ def score(x: np.ndarray, ts: TestSet) -> dict:
           "bias_residual": float(np.nanmean(bias_residual(x, ts.clean, ts.mask)))}
 
 
+def slice_ssim(x: np.ndarray, ts: TestSet) -> np.ndarray:
+  """(N,) each slice's masked SSIM of the images `x` against `ts.clean` (the do-no-harm count of
+  `compare`: slices whose SSIM is below the corrupted input's)."""
+  return np.asarray(_scores(x.astype(np.float32), ts.clean, ts.mask)["ssim"])
+
+
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
                  fidelity: float | None = None, lowfreq: float | None = None, independent: bool = True,
                  noise_clamp: float | None = None, blend: bool | None = None, wiener: bool | None = None,
@@ -383,12 +391,14 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
     outputs["decoder(clean latent) + fidelity path of the input: ceiling"] = (fidelity_ceiling(model, ts), 0.0)
   rows = []
   base = None
+  base_slices = slice_ssim(ts.corrupted, ts)
   for name, (img, t) in outputs.items():
     s = score(img, ts)
     if base is None:
       base = s["ssim"]
     rows.append({"method": name, **s, "structural_error_reduction": 1.0 - (1.0 - s["ssim"]) / max(1.0 - base, 1e-9),
-                 "seconds_per_slice": t})
+                 "seconds_per_slice": t, "slices_below_input": int(np.sum(slice_ssim(img, ts) < base_slices)),
+                 "slices": len(ts.clean)})
   return rows, {k: v[0] for k, v in outputs.items()}
 
 
@@ -474,11 +484,14 @@ def faithfulness(ts: TestSet, model, k: int, *, seed: int = 0, seeds: int = 8, l
 # Report
 # --------------------------------------------------------------------------------------------
 def markdown_table(rows: list[dict]) -> str:
-  """The comparison rows (method, SSIM, PSNR, bias residual, 1 − SSIM reduction, s/slice) as markdown."""
-  head = "| method | SSIM | PSNR (dB) | bias residual | 1−SSIM reduction | s / slice |\n|---|---|---|---|---|---|\n"
+  """The comparison rows (method, SSIM, PSNR, bias residual, 1 − SSIM reduction, slices whose SSIM
+  is below the corrupted input's, s/slice) as markdown."""
+  head = ("| method | SSIM | PSNR (dB) | bias residual | 1−SSIM reduction | slices below the input | s / slice |\n"
+          "|---|---|---|---|---|---|---|\n")
   return head + "\n".join(
       f"| {r['method']} | {r['ssim']:.4f} | {r['psnr']:.2f} | {r['bias_residual']:.4f} | "
-      f"{100 * r['structural_error_reduction']:.1f}% | {r['seconds_per_slice']:.4f} |" for r in rows) + "\n"
+      f"{100 * r['structural_error_reduction']:.1f}% | {r['slices_below_input']} of {r['slices']} | "
+      f"{r['seconds_per_slice']:.4f} |" for r in rows) + "\n"
 
 
 def montage(path: Path, sets: list[tuple[TestSet, dict]], extra=None) -> None:
@@ -541,10 +554,15 @@ def real_scan_markdown(scans: list[realscans.Scan], results: list[tuple[TestSet,
   titles = {s.key: s.title.split(" (")[0] for s in scans}
   for model, methods in _by_model(results).items():
     md.append(f"\n### real-scan validation set, {model} corruption: mean over {len(titles)} groups\n")
-    md.append("| method | SSIM | PSNR (dB) | bias residual |\n|---|---|---|---|")
+    md.append("| method | SSIM | PSNR (dB) | bias residual | slices below the input | groups below the input |\n"
+              "|---|---|---|---|---|---|")
+    inputs = methods.get("corrupted", {})
     for name, per in methods.items():
       mean = {k: float(np.mean([r[k] for r in per.values()])) for k in ("ssim", "psnr", "bias_residual")}
-      md.append(f"| {name} | {mean['ssim']:.4f} | {mean['psnr']:.2f} | {mean['bias_residual']:.4f} |")
+      below = sum(r["slices_below_input"] for r in per.values())
+      groups = sum(r["ssim"] < inputs[g]["ssim"] for g, r in per.items() if g in inputs)
+      md.append(f"| {name} | {mean['ssim']:.4f} | {mean['psnr']:.2f} | {mean['bias_residual']:.4f} | "
+                f"{below} of {sum(r['slices'] for r in per.values())} | {groups} of {len(per)} |")
     md.append(f"\n{model} corruption, SSIM / PSNR per group:\n")
     md.append("| method | " + " | ".join(titles.values()) + " |\n|---|" + "---|" * len(titles))
     for name, per in methods.items():

@@ -155,8 +155,14 @@ def test_evaluate_reports_every_method_on_the_real_scan_set(tmp_path):
     # The oracle divides by the true field of either corruption model: less bias than the input.
     assert rows["oracle: corrupted / true field"]["bias_residual"] < rows["corrupted"]["bias_residual"]
     assert all(0 < r["ssim"] <= 1 and np.isfinite(r["psnr"]) for r in rows.values())
+    # the do-no-harm count: slices whose SSIM is below the corrupted input's own
+    assert rows["corrupted"]["slices_below_input"] == 0
+    assert all(r["slices"] == 2 and 0 <= r["slices_below_input"] <= 2 for r in rows.values())
+    if rows["N4 + NLM (dipy, Rician)"]["ssim"] < rows["corrupted"]["ssim"]:  # a lower mean needs a lower slice
+      assert rows["N4 + NLM (dipy, Rician)"]["slices_below_input"] >= 1
   md = (out / "results.md").read_text()
   assert "real-scan validation set, independent corruption" in md and "heudiconv axasc35" in md
+  assert "| slices below the input | groups below the input |" in md and "| 0 of 2 | 0 of 1 |" in md
   assert json.loads((out / "results.json").read_text())["real_scans"]["groups"][0]["key"] == "epi"
   assert (out / "real_scans.png").stat().st_size > 1000 and (out / "montage.png").is_file()
 
