@@ -259,15 +259,14 @@ def bias_residual(x: np.ndarray, clean: np.ndarray, mask: np.ndarray, sigma_px: 
 
 def score(x: np.ndarray, ts: TestSet) -> dict:
   """Mean masked SSIM, PSNR and bias residual of the images `x` against `ts.clean`."""
+  return _score(x, ts)[0]
+
+
+def _score(x: np.ndarray, ts: TestSet) -> tuple[dict, np.ndarray]:
+  """(`score`, each slice's (N,) SSIM): the per-slice SSIM gives `compare`'s do-no-harm count."""
   s = _scores(x.astype(np.float32), ts.clean, ts.mask)
-  return {"ssim": float(np.mean(s["ssim"])), "psnr": float(np.mean(s["psnr"])),
-          "bias_residual": float(np.nanmean(bias_residual(x, ts.clean, ts.mask)))}
-
-
-def slice_ssim(x: np.ndarray, ts: TestSet) -> np.ndarray:
-  """(N,) each slice's masked SSIM of the images `x` against `ts.clean` (the do-no-harm count of
-  `compare`: slices whose SSIM is below the corrupted input's)."""
-  return np.asarray(_scores(x.astype(np.float32), ts.clean, ts.mask)["ssim"])
+  return ({"ssim": float(np.mean(s["ssim"])), "psnr": float(np.mean(s["psnr"])),
+           "bias_residual": float(np.nanmean(bias_residual(x, ts.clean, ts.mask)))}, np.asarray(s["ssim"]))
 
 
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
@@ -390,14 +389,13 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
         model, ts.corrupted, 1, seed=seed, fidelity=0.0, lowfreq=0.0, noise_clamp=0.0, blend=False)
     outputs["decoder(clean latent) + fidelity path of the input: ceiling"] = (fidelity_ceiling(model, ts), 0.0)
   rows = []
-  base = None
-  base_slices = slice_ssim(ts.corrupted, ts)
+  base = base_slices = None  # the corrupted input's (the first row's) mean and per-slice SSIM
   for name, (img, t) in outputs.items():
-    s = score(img, ts)
+    s, per_slice = _score(img, ts)
     if base is None:
-      base = s["ssim"]
+      base, base_slices = s["ssim"], per_slice
     rows.append({"method": name, **s, "structural_error_reduction": 1.0 - (1.0 - s["ssim"]) / max(1.0 - base, 1e-9),
-                 "seconds_per_slice": t, "slices_below_input": int(np.sum(slice_ssim(img, ts) < base_slices)),
+                 "seconds_per_slice": t, "slices_below_input": int(np.sum(per_slice < base_slices)),
                  "slices": len(ts.clean)})
   return rows, {k: v[0] for k, v in outputs.items()}
 
