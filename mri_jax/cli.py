@@ -166,7 +166,7 @@ def _cmd_ablations(args) -> int:
 def _restore_options(args) -> dict:
   return dict(steps=args.steps, seed=args.seed, n4=args.n4, n4_mode=args.n4_mode, batch_size=args.batch_size,
               axis=args.axis, fidelity=args.fidelity, lowfreq=args.lowfreq, noise_clamp=args.noise_clamp,
-              blend=args.blend, wiener=args.wiener, field_net=args.field_net,
+              blend=args.blend, wiener=args.wiener, field_net=args.field_net, noise_floor=args.noise_floor,
               independent_slices=args.independent_slices)
 
 
@@ -203,6 +203,10 @@ def _cmd_restore(args) -> int:
                for name, m, lo, hi in zip(names, b["median"][sel], b["min"][sel], b["max"][sel])]
       print(f"SURE blend: share of {what} change to the N4-corrected input kept, α = " + ", ".join(parts)
             + " (1 = all, 0 = the N4-corrected input)")
+  if s.get("noise_floor"):
+    f = s["noise_floor"]
+    print(f"noise floor removed: {f['coils']:.1f} effective coil(s) (median), read from the air on "
+          f"{f['slices_from_air']} of {f['slices']} slice(s), one coil assumed on the others")
   if c["flagged"]:
     shown = ", ".join(map(str, c["flagged"][:12])) + (" …" if len(c["flagged"]) > 12 else "")
     print(f"warning: on {len(c['flagged'])} slice(s) ({shown}) the output departs from the input beyond noise "
@@ -505,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "an empirical Wiener filter of the N4-corrected input (8×8 DCT blocks, as BM3D's second "
                       "step) that keeps the input's own pixels where the pilot shows structure and removes noise "
                       "where it is flat; the blend then weighs that filtered image. No effect with --no-blend")
+  p.add_argument("--keep-noise-floor", dest="noise_floor", action="store_false", default=rd["noise_floor"],
+                 help="do not remove the magnitude's noise floor (removed by default, last): the root sum of "
+                      "squares of L coils raises dark tissue and air by up to √2·Γ(L+½)/Γ(L)·σ (1.25σ for one coil, "
+                      "8σ for 32); each slice's L and σ are read from its air (else one coil and the input's σ) and "
+                      "the output is mapped back through the inverse of the non-central χ mean")
   p.add_argument("--field-net", dest="field_net", type=float, default=rd["field_net"], metavar="W",
                  help="weight in [0, 1] of the field network: after N4, a small network trained on the simulator's "
                       "coil fields predicts the smooth bias N4 left, and W × it is divided out as well; 0 = N4's "

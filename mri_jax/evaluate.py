@@ -272,7 +272,7 @@ def _score(x: np.ndarray, ts: TestSet) -> tuple[dict, np.ndarray]:
 def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size: int = 16, timed: bool = False,
                  fidelity: float | None = None, lowfreq: float | None = None, independent: bool = True,
                  noise_clamp: float | None = None, blend: bool | None = None, wiener: bool | None = None,
-                 field_net: float | None = None):
+                 field_net: float | None = None, noise_floor: bool | None = None):
   """Restores (N, X, Y) slices as one stack (slice axis 0); (images, seconds per slice), the time
   measured after a warm-up call (compilation) when `timed`. `independent`: the slices are separate
   images (`restore_array(independent_slices=True)`: one Otsu threshold per slice, N4 per slice, as
@@ -294,6 +294,8 @@ def run_restorer(model, images: np.ndarray, k: int, *, seed: int = 0, batch_size
     kw["wiener"] = wiener
   if field_net is not None:
     kw["field_net"] = field_net
+  if noise_floor is not None:
+    kw["noise_floor"] = noise_floor
   if timed:
     restore.restore_array(images[:batch_size], model, **kw)
   res = restore.restore_array(images, model, **kw)
@@ -371,6 +373,8 @@ def compare(ts: TestSet, model, steps: tuple[int, ...], *, seed: int = 0, log=pr
   log(f"[{ts.name}] restorer without the field network (N4's field alone, the eighth pass's change)...")
   outputs["restorer K = 1 without the field network (N4's field)"] = run_restorer(
       model, ts.corrupted, 1, seed=seed, field_net=0.0)
+  log(f"[{ts.name}] restorer keeping the noise floor (the twelfth pass's change)...")
+  outputs["restorer K = 1, noise floor kept"] = run_restorer(model, ts.corrupted, 1, seed=seed, noise_floor=False)
   log(f"[{ts.name}] restorer without the pilot Wiener filter (the seventh pass's change)...")
   outputs["restorer K = 1, SURE blend without the pilot Wiener filter"] = run_restorer(
       model, ts.corrupted, 1, seed=seed, wiener=False)
@@ -453,9 +457,11 @@ def faithfulness(ts: TestSet, model, k: int, *, seed: int = 0, seeds: int = 8, l
   images, fields, sigmas = corrupt_slices(lesioned, ts.mask, seed + 7)
   r1, _ = run_restorer(model, images, 1, seed=seed)
   rk, _ = run_restorer(model, images, k, seed=seed)
+  kept, _ = run_restorer(model, images, 1, seed=seed, noise_floor=False)
   n4_img, _ = n4_sitk_slices(images)
   out = {"lesions": len(lesions),
          "lesion_contrast_kept_restorer_K1": lesion_contrast_kept(r1, lesioned, lesions),
+         "lesion_contrast_kept_restorer_K1_noise_floor_kept": lesion_contrast_kept(kept, lesioned, lesions),
          f"lesion_contrast_kept_restorer_K{k}": lesion_contrast_kept(rk, lesioned, lesions),
          "lesion_contrast_kept_corrupted": lesion_contrast_kept(images, lesioned, lesions),
          "lesion_contrast_kept_n4": lesion_contrast_kept(n4_img, lesioned, lesions)}

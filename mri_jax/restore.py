@@ -46,7 +46,11 @@ How an image goes through (the same preparation the training slices had):
    so where the network would do worse than its input, the output falls back towards the input;
    the noise clamp (`noise_clamp`, default 2) keeps every tissue voxel within k noise σ of the
    N4-corrected input; in the air beyond, the network may remove the noise entirely. The physics
-   consistency check (`mri_jax.consistency`) then scores each restored slice.
+   consistency check (`mri_jax.consistency`) then scores each restored slice. Last, the noise
+   floor of the magnitude (`noise_floor`, default on: `_remove_floor`) is taken out: the output so
+   far estimates the expected magnitude, which the root sum of squares of L coils raises in dark
+   tissue and air; it is mapped back to the noise-free magnitude with each slice's (L, σ) read from
+   its air (`consistency.noise_floor`).
 7. The cap slices of step 2 are passed through unchanged, or with a volume's 3-D N4 only divided
    by its field (on the restored slices' scale), so the bias does not jump where restoring stops.
 
@@ -111,6 +115,8 @@ DEFAULT_LOWFREQ = 1.0
 # default (no blend, k = 1) 0.874 / 0.896 / 0.949.
 DEFAULT_NOISE_CLAMP = 2.0
 DEFAULT_BLEND = True
+# The noise floor's removal (`restore_array(noise_floor=...)`, `_remove_floor`): on by default.
+DEFAULT_NOISE_FLOOR = True
 
 
 def anatomy_slices(counts: np.ndarray, independent: bool = False) -> np.ndarray:
@@ -226,7 +232,9 @@ class RestoreResult:
   `flagged` slice indices, `residual` map r / σ̂ in the input's shape; None when not run); the SURE
   blend's (N, `blend_weight_count`) weights in slicing order: the bands of the change weighed,
   coarsest first (with the Wiener filter: the filtered change's bands, then the network's own);
-  NaN where not blended; None when the blend is off or there is no N4."""
+  NaN where not blended; None when the blend is off or there is no N4; the noise floor removed
+  (`_remove_floor`): (N, 3) effective coils L, σ and 1 where both were read from the slice's air
+  (0: L = 1 and the input's σ), NaN where not removed; None when off or there is no N4."""
 
   image: np.ndarray
   field: np.ndarray | None
@@ -235,6 +243,7 @@ class RestoreResult:
   seconds: dict
   consistency: dict | None = None
   blend: np.ndarray | None = None
+  noise_floor: np.ndarray | None = None
 
 
 def auto_axis(shape, spacing=None, affine=None) -> int:
@@ -311,6 +320,34 @@ def _input_sigmas(inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
   MIN_FOREGROUND foreground voxels (no estimate)."""
   return np.array([consistency.input_sigma(x, m) if m.sum() >= MIN_FOREGROUND else 0.0 for x, m in zip(inputs, mask)],
                   np.float32)
+
+
+def _remove_floor(restored: np.ndarray, factors: np.ndarray, inputs: np.ndarray, field: np.ndarray,
+                  mask: np.ndarray, sigma: np.ndarray, *, pooled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """The restored slices with the magnitude's noise floor removed, and (N, 3) (L, σ, read from the
+  air: 1/0) per slice. A denoised magnitude estimates E[M], which exceeds the noise-free magnitude
+  A by the floor of the coils' root sum of squares (`consistency.chi_mean`: 1.25σ in the air for
+  one coil, 8σ for 32; lesions and dark anatomy lose contrast, the air stays grey). Each slice's
+  (L, σ) comes from its air (`consistency.noise_floor`, else L = 1 with `sigma`, the input's σ);
+  the output, carried to the input's scale (× field ÷ factor), is mapped through the inverse of
+  E[M | A] (`consistency.unbias`) and back. Measured on the synthetic test's faithfulness slices
+  with the true L and σ: SSIM 0.899 → 0.921, lesion contrast kept 79 / 84 → 92 / 94 %.
+  `pooled`: the slices are one volume's, one acquisition: (L, σ) are read once from all their air
+  (the slices side by side), so small slices with little air each still get it."""
+  out = restored.copy()
+  floors = np.zeros((len(out), 3), np.float32)
+  if pooled:
+    floors[:] = consistency.noise_floor(np.concatenate(list(inputs)), np.concatenate(list(mask)),
+                                        float(np.median(sigma)))
+  for i in range(len(out)):
+    if not pooled:
+      floors[i] = consistency.noise_floor(inputs[i], mask[i], float(sigma[i]))
+    coils, s = float(floors[i, 0]), float(floors[i, 1])
+    if s <= 0:
+      continue
+    gain = field[i] / factors[i] / s  # output units → units of σ on the input's scale
+    out[i] = (consistency.unbias(restored[i] * gain, coils) / gain).astype(out.dtype)
+  return out, floors
 
 
 def _noise_clamp(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray, inputs: np.ndarray,
@@ -669,7 +706,7 @@ def _volume_n4(slices: np.ndarray, mask: np.ndarray, backend: str, settings, spa
 def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int = DEFAULT_BATCH_SIZE,
                   axis=None, fidelity=None, lowfreq=None, n4_mode: str = "auto", noise_clamp=None,
                   blend: bool = DEFAULT_BLEND, independent_slices: bool = False, wiener: bool = DEFAULT_WIENER,
-                  field_net: float = DEFAULT_FIELD_NET) -> None:
+                  field_net: float = DEFAULT_FIELD_NET, noise_floor: bool = DEFAULT_NOISE_FLOOR) -> None:
   """Raises UserInputError for options out of range (those that need no model)."""
   if independent_slices and n4_mode == "volume":
     raise UserInputError("independent slices (--independent-slices) get N4 per slice; they cannot be combined "
@@ -678,6 +715,8 @@ def check_options(*, steps=None, seed: int = 0, n4: str = "jax", batch_size: int
     raise UserInputError(f"blend must be True or False, got {blend!r}")
   if not isinstance(wiener, (bool, np.bool_)):
     raise UserInputError(f"wiener must be True or False, got {wiener!r}")
+  if not isinstance(noise_floor, (bool, np.bool_)):
+    raise UserInputError(f"noise_floor must be True or False, got {noise_floor!r}")
   if isinstance(field_net, (bool, np.bool_)) or not isinstance(field_net, (int, float, np.integer, np.floating)) \
       or not 0.0 <= float(field_net) <= 1.0:
     raise UserInputError(f"field-network weight (--field-net) must be a number in [0, 1], got {field_net!r}")
@@ -764,7 +803,9 @@ def _uncrop(res: RestoreResult, box: tuple[slice, ...], shape: tuple[int, ...], 
                  flagged=[int(i) + before for i in res.consistency["flagged"]])
     check["residual"] = np.pad(res.consistency["residual"], pads)
   blend = None if res.blend is None else per_slice(res.blend, np.nan).astype(np.float32)
-  return RestoreResult(image, None if field is None else field.astype(np.float32), mask, ax, res.seconds, check, blend)
+  floor = None if res.noise_floor is None else per_slice(res.noise_floor, np.nan).astype(np.float32)
+  return RestoreResult(image, None if field is None else field.astype(np.float32), mask, ax, res.seconds, check, blend,
+                       floor)
 
 
 def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | None = None, seed: int = 0,
@@ -773,7 +814,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
                   noise_clamp: float | None = DEFAULT_NOISE_CLAMP, check_consistency: bool = True,
                   independent_slices: bool = False, n4_mode: str = "auto", blend: bool = DEFAULT_BLEND,
                   wiener: bool = DEFAULT_WIENER, field_net: float = DEFAULT_FIELD_NET,
-                  progress: bool = False) -> RestoreResult:
+                  noise_floor: bool = DEFAULT_NOISE_FLOOR, progress: bool = False) -> RestoreResult:
   """Restores a 2-D or 3-D magnitude image (see the module docstring for the steps).
 
   Args:
@@ -818,6 +859,12 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
       needs N4): after N4, the network (`mri_jax.models.fieldnet`) predicts the smooth log bias
       N4 left, and w × it is divided out as well. Every later step — the network's conditioning,
       the low-frequency fix, the blend, the clamp, the returned field — uses the refined field.
+    noise_floor: remove the magnitude's noise floor last (`_remove_floor`, default on; needs N4): the
+      denoised output estimates the expected magnitude, which the coils' root sum of squares raises
+      above the noise-free image by a floor (1.25σ in the air for one coil, 8σ for 32); each slice's
+      coil count and σ are read from its air (else one coil and the input's σ), and the output is
+      mapped back through the inverse of the non-central χ mean. The consistency check scores the
+      output before this step (the input's expected magnitude).
     progress: show a progress bar on stderr.
   """
   from tqdm.auto import tqdm
@@ -826,7 +873,7 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
 
   check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq,
                 n4_mode=n4_mode, noise_clamp=noise_clamp, blend=blend, independent_slices=independent_slices,
-                wiener=wiener, field_net=field_net)
+                wiener=wiener, field_net=field_net, noise_floor=noise_floor)
   data = np.asarray(data, np.float32)
   squeeze = data.ndim == 3 and data.shape[-1] == 1
   vol = data[..., 0] if squeeze else data
@@ -839,7 +886,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     inner = restore_array(data[box], model, steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=ax,
                           fidelity=fidelity, lowfreq=lowfreq, noise_clamp=noise_clamp,
                           check_consistency=check_consistency, independent_slices=independent_slices, n4_mode=n4_mode,
-                          blend=blend, wiener=wiener, field_net=field_net, progress=progress)
+                          blend=blend, wiener=wiener, field_net=field_net, noise_floor=noise_floor,
+                          progress=progress)
     return _uncrop(inner, box, data.shape, ax)
   times = {}
   t0 = time.perf_counter()
@@ -905,8 +953,10 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
   times["network"] = time.perf_counter() - t1
   restored = slices.copy()
   blend_weights = np.full((len(slices), blend_weight_count(wiener)), np.nan, np.float32)
+  noise_floors = np.full((len(slices), 3), np.nan, np.float32)  # (L, σ, read from the air) per slice
+  expected = None  # the output before the floor's removal: the input's expected magnitude ÷ field
   part = np.maximum(out[prep.crop], 0.0) * prep.scale[:, None, None]
-  if n4 != "none" and (lowfreq or noise_clamp or blend):
+  if n4 != "none" and (lowfreq or noise_clamp or blend or noise_floor):
     # the N4 field of these slices: the volume's 3-D field, or each slice's own
     fld = np.exp(log_field[idx] if log_field is not None else prep.log_field[prep.crop])
     # the N4 image on the output's scale: per slice, or one scale for a volume's 3-D N4 image
@@ -927,6 +977,12 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
       times["blend"] = time.perf_counter() - t2
     if noise_clamp:
       part = _noise_clamp(part, ref, factors, slices[idx], fld, mask[idx], float(noise_clamp), tissue, sigma=sigma)
+    if noise_floor:
+      expected = restored.copy()
+      expected[idx] = part
+      sigma = _input_sigmas(slices[idx], mask[idx]) if sigma is None else sigma
+      part, noise_floors[idx] = _remove_floor(part, factors, slices[idx], fld, mask[idx], sigma,
+                                              pooled=vol.ndim == 3 and not independent_slices)
   restored[idx] = part
   if log_field is not None and n < len(slices):
     # Slices passed through (the caps) still get the volume's N4 correction, on the restored
@@ -936,6 +992,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     c = float(restored[idx][m].sum()) / max(float(n4_vol[idx][m].sum()), 1e-12)
     rest = np.flatnonzero(~anatomy)
     restored[rest] = n4_vol[rest] * c
+    if expected is not None:
+      expected[rest] = restored[rest]
   if not np.all(np.isfinite(restored)):  # never write a silently wrong image
     raise RuntimeError("the restorer produced non-finite values; please report this input")
   field = None
@@ -946,7 +1004,9 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     field[idx] = np.exp(prep.log_field[prep.crop])
   check = None
   if check_consistency:
-    check = consistency.consistency(np.where(anatomy[:, None, None], slices, 0.0), restored, mask & anatomy[:, None, None],
+    # the input is explained by its expected magnitude (the output before the floor's removal) × field + noise
+    check = consistency.consistency(np.where(anatomy[:, None, None], slices, 0.0),
+                                    restored if expected is None else expected, mask & anatomy[:, None, None],
                                     fields=field)
 
   def to_input_layout(a):
@@ -961,7 +1021,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     check["residual"] = to_input_layout(check["residual"])
   times["total"] = time.perf_counter() - t0
   return RestoreResult(restored.astype(np.float32), None if field is None else field.astype(np.float32),
-                       mask_o, ax, times, check, blend_weights if blend and n4 != "none" else None)
+                       mask_o, ax, times, check, blend_weights if blend and n4 != "none" else None,
+                       noise_floors if noise_floor and n4 != "none" else None)
 
 
 def load_input(path, *, series: str | None = None) -> nifti.NiftiImage:
@@ -984,7 +1045,7 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
                   batch_size: int = DEFAULT_BATCH_SIZE, axis: int | None = None, fidelity: float | None = None,
                   lowfreq: float | None = DEFAULT_LOWFREQ, noise_clamp: float | None = DEFAULT_NOISE_CLAMP,
                   blend: bool = DEFAULT_BLEND, wiener: bool = DEFAULT_WIENER, field_net: float = DEFAULT_FIELD_NET,
-                  independent_slices: bool = False, save_field=None,
+                  noise_floor: bool = DEFAULT_NOISE_FLOOR, independent_slices: bool = False, save_field=None,
                   save_residual=None, save_uncertainty=None, uncertainty_seeds: int = 4, overwrite: bool = False,
                   progress: bool = False) -> dict:
   """Restores a 2-D/3-D NIfTI (or a DICOM file, or a folder holding a DICOM series: `load_input`)
@@ -1002,7 +1063,7 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
   """
   check_options(steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis, fidelity=fidelity, lowfreq=lowfreq,
                 n4_mode=n4_mode, noise_clamp=noise_clamp, blend=blend, independent_slices=independent_slices,
-                wiener=wiener, field_net=field_net)
+                wiener=wiener, field_net=field_net, noise_floor=noise_floor)
   if save_field is not None and n4 == "none":
     raise UserInputError("--save-field needs an N4 field: use --n4 jax or --n4 sitk")
   out, field_out = nifti.check_outputs(output_path, save_field, input_path, overwrite=overwrite)
@@ -1021,13 +1082,13 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
   res = restore_array(img.data, model, steps=steps, seed=seed, n4=n4, batch_size=batch_size, axis=axis,
                       spacing=img.spacing, affine=img.image.affine, fidelity=fidelity, lowfreq=lowfreq,
                       noise_clamp=noise_clamp, blend=blend, wiener=wiener, field_net=field_net, n4_mode=n4_mode,
-                      independent_slices=independent_slices, progress=progress)
+                      noise_floor=noise_floor, independent_slices=independent_slices, progress=progress)
   uncertainty = None
   if save_uncertainty is not None:
     runs = [res.image] + [restore_array(img.data, model, steps=steps, seed=seed + i, n4=n4, batch_size=batch_size,
                                         axis=axis, spacing=img.spacing, affine=img.image.affine, fidelity=fidelity,
                                         lowfreq=lowfreq, noise_clamp=noise_clamp, blend=blend, wiener=wiener,
-                                        field_net=field_net, n4_mode=n4_mode,
+                                        field_net=field_net, n4_mode=n4_mode, noise_floor=noise_floor,
                                         independent_slices=independent_slices, check_consistency=False).image
                             for i in range(1, uncertainty_seeds)]
     uncertainty = np.std(np.stack(runs), axis=0).astype(np.float32)
@@ -1044,6 +1105,7 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
   energy = [e for e in check["energy"] if np.isfinite(e)] or [np.nan]  # NaN: slice not scored
   structure = [e for e in check["structure"] if np.isfinite(e)] or [np.nan]
   weights = None if res.blend is None else res.blend[np.isfinite(res.blend).all(axis=1)]
+  floors = None if res.noise_floor is None else res.noise_floor[np.isfinite(res.noise_floor).all(axis=1)]
   return dict(shape=list(img.data.shape), axis=res.axis, steps=k, n4=n4,
               field_net=float(field_net) if n4 != "none" else 0.0, model=model.source,
               seconds=res.seconds, foreground_voxels=int(res.mask.sum()),
@@ -1051,6 +1113,9 @@ def restore_nifti(input_path, output_path, *, checkpoint=None, model: Model | No
               dict(median=np.median(weights, axis=0).tolist(), min=weights.min(axis=0).tolist(),
                    max=weights.max(axis=0).tolist(), bands=list(BLEND_BANDS), wiener=bool(wiener),
                    network_too=bool(wiener and BLEND_NETWORK_TOO)),
+              noise_floor=None if floors is None or not len(floors) else
+              dict(coils=float(np.median(floors[:, 0])), slices_from_air=int(floors[:, 2].sum()),
+                   slices=int(len(floors))),
               consistency=dict(energy=float(np.median(energy)), structure=float(np.median(structure)),
                                max_structure=float(np.max(structure)), flagged=list(check["flagged"]),
                                warn_structure=check["warn_structure"]))

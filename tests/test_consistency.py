@@ -101,3 +101,49 @@ def test_input_sigma_reads_the_noise_in_the_air_of_a_textured_scan():
   ghost = image + np.where(disc, 0.0, 0.3 * (-1.0) ** (xx + yy))  # pixel-scale structure in the air
   assert C.air_sigma(ghost, disc) > C.robust_sigma(ghost, disc)
   assert C.input_sigma(ghost, disc) == C.robust_sigma(ghost, disc)
+
+
+def _rss(image, sigma, coils, rng):
+  """Root sum of squares of `coils` coils of equal sensitivity (their RSS is `image`), noise σ each."""
+  return np.sqrt(sum(np.abs(image / np.sqrt(coils) + sigma * (rng.standard_normal(image.shape)
+                                                               + 1j * rng.standard_normal(image.shape))) ** 2
+                     for _ in range(coils)))
+
+
+def test_the_noise_floor_model_matches_root_sum_of_squares_and_inverts():
+  """`chi_mean` is the mean magnitude of L coils' root sum of squares (Monte Carlo, 200,000 draws,
+  in the air and in tissue, across the table's edge); `unbias` inverts it, and maps the floor to 0."""
+  rng = np.random.default_rng(0)
+  for coils, a in ((1, 0.0), (1, 2.0), (8, 3.0), (32, 0.0), (32, 10.0), (4, 45.0)):
+    m = _rss(np.full(200_000, a), 1.0, coils, rng)
+    assert C.chi_mean(a, coils) == pytest.approx(m.mean(), rel=2e-3)
+    assert float(C.unbias(C.chi_mean(a, coils), coils)) == pytest.approx(a, abs=1e-3)
+  assert C.chi_mean(0.0, 1) == pytest.approx(np.sqrt(np.pi / 2))
+  assert float(C.unbias(0.5 * C.chi_mean(0.0, 8), 8)) == 0.0  # below the floor: no signal
+  big = np.array([50.0, 200.0])
+  np.testing.assert_allclose(C.unbias(C.chi_mean(big, 16), 16), big, rtol=1e-6)
+
+
+def test_noise_floor_is_read_from_the_air_and_falls_back_when_the_air_is_not_pure_noise():
+  """The coil count and σ of a root-sum-of-squares image come back from its air (L within 25 %, σ
+  within 10 %), also when dim anatomy outside Otsu's mask covers most of it (the darkest air is
+  read); a masked image (no air) and dim anatomy everywhere outside the mask (no air at all) fall
+  back to one coil and the σ given."""
+  rng = np.random.default_rng(5)
+  n = 128
+  yy, xx = np.mgrid[:n, :n]
+  r2 = (yy - n / 2) ** 2 + (xx - n / 2) ** 2
+  disc = r2 < (0.3 * n) ** 2
+  clean = np.where(disc, 1.0 + 0.2 * np.sin(xx / 5.0), 0.0)
+  sigma = 0.02
+  for coils in (1, 8, 32):
+    image = _rss(clean, sigma, coils, rng)
+    got_coils, got_sigma, from_air = C.noise_floor(image, disc, 0.5)
+    assert from_air and got_coils == pytest.approx(coils, rel=0.25) and got_sigma == pytest.approx(sigma, rel=0.1)
+  masked = np.where(ndimage.binary_dilation(disc, iterations=2), image, 0.0)
+  assert C.noise_floor(masked, disc, 0.5) == (1.0, 0.5, False)
+  dim = 0.25 + 0.1 * np.sin(xx / 3.0) * np.sin(yy / 4.0)  # anatomy below Otsu's threshold
+  ring = (r2 >= (0.3 * n) ** 2) & (r2 < (0.49 * n) ** 2)  # all round: only the corners are air
+  got_coils, got_sigma, from_air = C.noise_floor(_rss(np.where(ring, dim, clean), sigma, 8, rng), disc, 0.5)
+  assert from_air and got_coils == pytest.approx(8, rel=0.25) and got_sigma == pytest.approx(sigma, rel=0.1)
+  assert C.noise_floor(_rss(np.where(disc, clean, dim), sigma, 8, rng), disc, 0.5) == (1.0, 0.5, False)

@@ -551,3 +551,34 @@ def test_a_frame_of_zeros_changes_nothing(subject):
   res = restore.restore_array(one, model, axis=2)
   assert res.image.shape == one.shape and not res.image[:, :, :4].any() and res.image[:, :, 4].any()
   assert restore.nonzero_box(x) is None and restore.nonzero_box(np.zeros((4, 4))) is None
+
+
+def test_the_noise_floor_is_removed_from_dark_tissue_and_air():
+  """A 16-coil root sum of squares raises the air to ≈ 5.6σ and dark tissue with it. Restore reads
+  the coil count and σ from the air, and removing the floor brings the air near zero and dark tissue
+  closer to the clean image; the consistency check scores the image before the removal (the
+  input's expected magnitude), so it is the same with the removal off; the CLI reports it."""
+  from mri_jax.data import pairs
+
+  t = pairs.template_tissues(2)
+  clean = np.tensordot(np.array([0.3, 0.6, 1.0], np.float32), t, axes=1)[..., 45].astype(np.float32)
+  clean = np.pad(clean, 24)
+  rng = np.random.default_rng(2)
+  coils, sigma = 16, 0.03
+  image = np.sqrt(sum(np.abs(clean / np.sqrt(coils) + sigma * (rng.standard_normal(clean.shape)
+                                                                + 1j * rng.standard_normal(clean.shape))) ** 2
+                      for _ in range(coils))).astype(np.float32)
+  model = restore.load_model()
+  on = restore.restore_array(image, model)
+  off = restore.restore_array(image, model, noise_floor=False)
+  assert off.noise_floor is None
+  got_coils, got_sigma, from_air = on.noise_floor[0]
+  assert from_air == 1 and got_coils == pytest.approx(coils, rel=0.25) and got_sigma == pytest.approx(sigma, rel=0.15)
+  from scipy import ndimage
+
+  air = ~ndimage.binary_dilation(clean > 0, iterations=4)
+  assert off.image[air].mean() > 3 * sigma and on.image[air].mean() < 0.3 * off.image[air].mean()
+  dark = (clean > 0.05) & (clean < 0.4)  # the CSF-like class, 0.3
+  err = lambda r: np.abs(r.image[dark] / r.image[clean > 0.8].mean() - clean[dark]).mean()  # noqa: E731
+  assert err(on) < 0.8 * err(off)
+  assert on.consistency["energy"] == off.consistency["energy"]
