@@ -205,8 +205,10 @@ def _cmd_restore(args) -> int:
             + " (1 = all, 0 = the N4-corrected input)")
   if s.get("noise_floor"):
     f = s["noise_floor"]
+    rest = f["slices"] - f["slices_from_air"]
     print(f"noise floor removed: {f['coils']:.1f} effective coil(s) (median), read from the air on "
-          f"{f['slices_from_air']} of {f['slices']} slice(s), one coil assumed on the others")
+          f"{f['slices_from_air']} of {f['slices']} slice(s)"
+          + (f"; one coil and the input's σ assumed on {rest} (no usable air)" if rest else ""))
   if c["flagged"]:
     shown = ", ".join(map(str, c["flagged"][:12])) + (" …" if len(c["flagged"]) > 12 else "")
     print(f"warning: on {len(c['flagged'])} slice(s) ({shown}) the output departs from the input beyond noise "

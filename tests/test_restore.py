@@ -79,6 +79,14 @@ def test_restore_3d_anisotropic_auto_axis_save_field_and_determinism(subject, tm
   assert code == 0 and "SURE blend" not in stdout
   assert not np.array_equal(np.asarray(nib.load(str(tmp_path / "nb.nii.gz")).dataobj),
                             np.asarray(nib.load(str(outs[0])).dataobj))
+  # the noise floor: reported (this small volume has too little air: one coil assumed), kept on request
+  assert "noise floor removed:" in stdout and "one coil and the input's σ assumed" in stdout
+  code, stdout, _ = run_cli(["restore", str(inp), str(tmp_path / "kf.nii.gz"), "--quiet", "--batch-size", "3",
+                             "--seed", "5", "--keep-noise-floor"], capsys)
+  assert code == 0 and "noise floor" not in stdout
+  kept = np.asarray(nib.load(str(tmp_path / "kf.nii.gz")).dataobj)
+  removed = np.asarray(nib.load(str(outs[0])).dataobj)
+  assert (kept >= removed - 1e-6).all() and (kept > removed).any()  # removing the floor only lowers
 
 
 def test_restore_writes_residual_and_uncertainty_maps(subject, tmp_path, capsys):
