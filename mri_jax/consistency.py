@@ -136,12 +136,13 @@ FLOOR_MAX_AIR_OVER_TISSUE = 0.85
 
 
 def _chi_table():
-  """(L grid, median, std) of the standard χ with 2L degrees of freedom, L in [1, FLOOR_MAX_COILS]."""
-  from scipy import stats
+  """(L grid, median, std) of the standard χ with 2L degrees of freedom, L in [1, FLOOR_MAX_COILS]
+  (χ²/2 is Gamma(L): the median is √(2 · its median); the mean √2 Γ(L + ½)/Γ(L), E[χ²] = 2L)."""
+  from scipy import special
 
   coils = np.exp(np.linspace(0.0, np.log(FLOOR_MAX_COILS), 300))
-  chi = stats.chi(2.0 * coils)
-  return coils, chi.median(), chi.std()
+  mean = np.sqrt(2.0) * np.exp(special.gammaln(coils + 0.5) - special.gammaln(coils))
+  return coils, np.sqrt(2.0 * special.gammaincinv(coils, 0.5)), np.sqrt(2.0 * coils - mean ** 2)
 
 
 _CHI = None
