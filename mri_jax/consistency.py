@@ -21,6 +21,9 @@ module reports
   noise-like residual, ≫ 1 where the residual has shape — anatomy erased from or invented in the
   output. Slices whose `structure` exceeds `warn_structure` are flagged.
 
+The module also holds the magnitude noise model restore uses: `input_sigma`, and the noise floor
+of a root sum of squares (`noise_floor`, `chi_mean`, `unbias`; restore removes it last).
+
 `residual_map` is r / σ̂ (the map written by `restore --save-residual`). Rician statistics make
 r slightly non-zero-mean in dark regions; the scores are meant for comparison against the
 thresholds (calibrated on the real-scan validation set), not as exact χ² statistics.
@@ -111,7 +114,6 @@ def input_sigma(image: np.ndarray, mask: np.ndarray) -> float:
   return fg if air is None else min(fg, air)
 
 
-
 # The noise floor of a magnitude image. A root-sum-of-squares combination of L coils, each with
 # complex Gaussian noise of σ per real channel, gives M = σ·χ′ with 2L degrees of freedom and
 # non-centrality A/σ (A the noise-free magnitude): E[M] = σ √2 Γ(L + ½)/Γ(L) ₁F₁(−½; L; −A²/2σ²),
@@ -146,6 +148,7 @@ def _chi_table():
 
 
 _CHI = None
+FLOOR_TABLE_MAX = 40.0  # `chi_mean` is exact up to a = 40 (σ units), its expansion beyond
 
 
 def noise_floor(image: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[float, float, bool]:
@@ -185,9 +188,6 @@ def chi_mean(a: np.ndarray, coils: float) -> np.ndarray:
   exact = np.sqrt(2.0) * np.exp(special.gammaln(coils + 0.5) - special.gammaln(coils)) \
       * special.hyp1f1(-0.5, coils, -low ** 2 / 2.0)
   return np.where(a > FLOOR_TABLE_MAX, np.sqrt(a ** 2 + 2.0 * coils - 1.0), exact)
-
-
-FLOOR_TABLE_MAX = 40.0
 
 
 def unbias(m: np.ndarray, coils: float) -> np.ndarray:
