@@ -111,7 +111,7 @@ def restore_files(inputs, output_dir, *, series: str | None = None, checkpoint=N
   """Restores every input into `output_dir` (created if needed) with one loaded model.
 
   `options` are `restore_nifti`'s (steps, seed, n4, n4_mode, batch_size, axis, fidelity, lowfreq,
-  noise_clamp, blend, wiener, field_net).
+  noise_clamp, blend, wiener, field_net, noise_floor).
   Returns one FileResult per job, in input order; failures are in the results, not raised.
 
   Raises:
