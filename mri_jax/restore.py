@@ -763,8 +763,10 @@ def check_image(data: np.ndarray, name: str = "input") -> None:
 
 
 def nonzero_box(data: np.ndarray) -> tuple[slice, ...] | None:
-  """The bounding box of `data`'s positive voxels grown by `FRAME_MARGIN` of its size on each side,
-  as one slice per axis; None when it is the whole array (or there are no positive voxels). What
+  """The bounding box of `data`'s positive voxels grown by `FRAME_MARGIN` of its size on each side
+  (and to at least 8 voxels, the smallest slice restore takes, so a too-small input is reported as
+  such, not as a crop), as one slice per axis; None when it is the whole array (or there are no
+  positive voxels). What
   lies outside is a frame of zeros (padding after resampling, skull stripping or a reformat), which
   `restore_array` leaves as it is."""
   positive = data > 0
@@ -774,7 +776,10 @@ def nonzero_box(data: np.ndarray) -> tuple[slice, ...] | None:
     if not len(hit):
       return None
     grow = int(np.ceil(FRAME_MARGIN * (hit[-1] + 1 - hit[0])))
-    box.append(slice(max(int(hit[0]) - grow, 0), min(int(hit[-1]) + 1 + grow, data.shape[a])))
+    start, stop = max(int(hit[0]) - grow, 0), min(int(hit[-1]) + 1 + grow, data.shape[a])
+    short = max(min(8, data.shape[a]) - (stop - start), 0)  # at least 8 voxels (the smallest slice restored)
+    stop = min(stop + short, data.shape[a])
+    box.append(slice(stop - max(stop - start, min(8, data.shape[a])), stop))
   if data.ndim == 3 and data.shape[-1] > 1 and box[-1].stop - box[-1].start == 1:  # X×Y×1 would be read as 2-D
     start = min(box[-1].start, data.shape[-1] - 2)
     box[-1] = slice(start, start + 2)

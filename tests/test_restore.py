@@ -559,6 +559,11 @@ def test_a_frame_of_zeros_changes_nothing(subject):
   res = restore.restore_array(one, model, axis=2)
   assert res.image.shape == one.shape and not res.image[:, :, :4].any() and res.image[:, :, 4].any()
   assert restore.nonzero_box(x) is None and restore.nonzero_box(np.zeros((4, 4))) is None
+  dot = np.zeros((61, 61), np.float32)  # one bright voxel: the box keeps ≥ 8 voxels, the error is about the input
+  dot[30, 30] = 1.0
+  assert restore.nonzero_box(dot) == (slice(29, 37), slice(29, 37))
+  with pytest.raises(UserInputError, match="too little foreground"):
+    restore.restore_array(dot, model)
 
 
 def test_the_noise_floor_is_removed_from_dark_tissue_and_air():
