@@ -32,6 +32,7 @@ thresholds (calibrated on the real-scan validation set), not as exact χ² stati
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from scipy import ndimage
@@ -137,17 +138,17 @@ FLOOR_MAX_COILS = 64
 FLOOR_MAX_AIR_OVER_TISSUE = 0.85
 
 
+@functools.lru_cache(maxsize=1)
 def _chi_table():
   """(L grid, median, std) of the standard χ with 2L degrees of freedom, L in [1, FLOOR_MAX_COILS]
-  (χ²/2 is Gamma(L): the median is √(2 · its median); the mean √2 Γ(L + ½)/Γ(L), E[χ²] = 2L)."""
+  (χ²/2 is Gamma(L): the median is √(2 · its median); the mean is `chi_mean` at 0, E[χ²] = 2L)."""
   from scipy import special
 
   coils = np.exp(np.linspace(0.0, np.log(FLOOR_MAX_COILS), 300))
-  mean = np.sqrt(2.0) * np.exp(special.gammaln(coils + 0.5) - special.gammaln(coils))
+  mean = chi_mean(np.zeros_like(coils), coils)
   return coils, np.sqrt(2.0 * special.gammaincinv(coils, 0.5)), np.sqrt(2.0 * coils - mean ** 2)
 
 
-_CHI = None
 FLOOR_TABLE_MAX = 40.0  # `chi_mean` is exact up to a = 40 (σ units), its expansion beyond
 
 
@@ -155,7 +156,6 @@ def noise_floor(image: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[floa
   """(L, σ, from_air) of a 2-D magnitude slice's noise: L coils' root sum of squares (non-integer:
   an effective count), σ per real channel; `from_air` False when the air could not be trusted and
   (1, `sigma`) is returned (see the notes above `FLOOR_DARK_PERCENTILE`)."""
-  global _CHI
   x = np.asarray(image, np.float64)
   air = ~ndimage.binary_dilation(mask, iterations=AIR_MARGIN) & (x != 0)
   if air.sum() < FLOOR_MIN_AIR:
@@ -168,9 +168,7 @@ def noise_floor(image: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[floa
   q1, median, q3 = np.percentile(x[air], [25, 50, 75])
   if (q3 - q1) / 1.349 > FLOOR_MAX_SPREAD * s_air or s_air > FLOOR_MAX_AIR_OVER_TISSUE * robust_sigma(x, mask):
     return 1.0, float(sigma), False
-  if _CHI is None:
-    _CHI = _chi_table()
-  coils, med, std = _CHI
+  coils, med, std = _chi_table()
   ratio = med / std
   if median / s_air > ratio[-1]:
     return 1.0, float(sigma), False

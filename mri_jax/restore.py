@@ -335,18 +335,19 @@ def _remove_floor(restored: np.ndarray, factors: np.ndarray, inputs: np.ndarray,
   `pooled`: the slices are one volume's, one acquisition: (L, σ) are read once from all their air
   (the slices side by side), so small slices with little air each still get it."""
   out = restored.copy()
-  floors = np.zeros((len(out), 3), np.float32)
   if pooled:
-    floors[:] = consistency.noise_floor(np.concatenate(list(inputs)), np.concatenate(list(mask)),
-                                        float(np.median(sigma)))
-  for i in range(len(out)):
-    if not pooled:
-      floors[i] = consistency.noise_floor(inputs[i], mask[i], float(sigma[i]))
-    coils, s = float(floors[i, 0]), float(floors[i, 1])
+    floors = np.tile(np.float32(consistency.noise_floor(np.concatenate(list(inputs)), np.concatenate(list(mask)),
+                                                        float(np.median(sigma)))), (len(out), 1))
+    groups = [np.arange(len(out))]  # one (L, σ): the whole stack in one mapping
+  else:
+    floors = np.array([consistency.noise_floor(x, m, float(s)) for x, m, s in zip(inputs, mask, sigma)], np.float32)
+    groups = [[i] for i in range(len(out))]
+  for rows in groups:
+    coils, s = float(floors[rows[0], 0]), float(floors[rows[0], 1])
     if s <= 0:
       continue
-    gain = field[i] / factors[i] / s  # output units → units of σ on the input's scale
-    out[i] = (consistency.unbias(restored[i] * gain, coils) / gain).astype(out.dtype)
+    gain = field[rows] / factors[rows, None, None] / s  # output units → units of σ on the input's scale
+    out[rows] = (consistency.unbias(restored[rows] * gain, coils) / gain).astype(out.dtype)
   return out, floors
 
 
@@ -766,9 +767,9 @@ def nonzero_box(data: np.ndarray) -> tuple[slice, ...] | None:
   """The bounding box of `data`'s positive voxels grown by `FRAME_MARGIN` of its size on each side
   (and to at least 8 voxels, the smallest slice restore takes, so a too-small input is reported as
   such, not as a crop), as one slice per axis; None when it is the whole array (or there are no
-  positive voxels). What
-  lies outside is a frame of zeros (padding after resampling, skull stripping or a reformat), which
-  `restore_array` leaves as it is."""
+  positive voxels). What lies outside is a frame of zeros (padding after resampling, skull
+  stripping or a reformat), which `restore_array` leaves as it is. (A 3-D array with ≥ 2 voxels
+  along its last axis keeps ≥ 2 there, so the crop is never read as an X×Y×1 2-D image.)"""
   positive = data > 0
   box = []
   for a in range(data.ndim):
@@ -777,12 +778,9 @@ def nonzero_box(data: np.ndarray) -> tuple[slice, ...] | None:
       return None
     grow = int(np.ceil(FRAME_MARGIN * (hit[-1] + 1 - hit[0])))
     start, stop = max(int(hit[0]) - grow, 0), min(int(hit[-1]) + 1 + grow, data.shape[a])
-    short = max(min(8, data.shape[a]) - (stop - start), 0)  # at least 8 voxels (the smallest slice restored)
-    stop = min(stop + short, data.shape[a])
-    box.append(slice(stop - max(stop - start, min(8, data.shape[a])), stop))
-  if data.ndim == 3 and data.shape[-1] > 1 and box[-1].stop - box[-1].start == 1:  # X×Y×1 would be read as 2-D
-    start = min(box[-1].start, data.shape[-1] - 2)
-    box[-1] = slice(start, start + 2)
+    size = max(stop - start, min(8, data.shape[a]))  # at least 8 voxels (the smallest slice restored)
+    stop = min(start + size, data.shape[a])
+    box.append(slice(stop - size, stop))
   return None if all(sl.stop - sl.start == n for sl, n in zip(box, data.shape)) else tuple(box)
 
 
