@@ -188,6 +188,12 @@ def chi_mean(a: np.ndarray, coils: float) -> np.ndarray:
   return np.where(a > FLOOR_TABLE_MAX, np.sqrt(a ** 2 + 2.0 * coils - 1.0), exact)
 
 
+def chi_std(coils: float) -> float:
+  """The std / σ of the magnitude of `coils` coils' root sum of squares in the air (noise-free
+  magnitude 0): √(2L − E[M]²/σ²), 0.655 for one coil, 0.707 for many."""
+  return float(np.sqrt(2.0 * coils - chi_mean(np.zeros(()), coils) ** 2))
+
+
 def unbias(m: np.ndarray, coils: float) -> np.ndarray:
   """The noise-free magnitude a ≥ 0 (in units of σ) whose expected magnitude `chi_mean(a, coils)` is
   m: 0 at or below the air's floor, m − (2L − 1)/2m in bright tissue."""

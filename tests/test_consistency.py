@@ -147,3 +147,14 @@ def test_noise_floor_is_read_from_the_air_and_falls_back_when_the_air_is_not_pur
   got_coils, got_sigma, from_air = C.noise_floor(_rss(np.where(ring, dim, clean), sigma, 8, rng), disc, 0.5)
   assert from_air and got_coils == pytest.approx(8, rel=0.25) and got_sigma == pytest.approx(sigma, rel=0.1)
   assert C.noise_floor(_rss(np.where(disc, clean, dim), sigma, 8, rng), disc, 0.5) == (1.0, 0.5, False)
+
+
+def test_chi_std_is_the_floors_spread():
+  """`chi_std` is the std of L coils' root sum of squares in the air (Monte Carlo) and matches the
+  χ table's."""
+  rng = np.random.default_rng(1)
+  for coils in (1, 4, 32):
+    m = _rss(np.zeros(200_000), 1.0, coils, rng)
+    assert C.chi_std(coils) == pytest.approx(m.std(), rel=5e-3)
+  table_coils, _, table_std = C._chi_table()
+  assert C.chi_std(8) == pytest.approx(float(np.interp(8, table_coils, table_std)), rel=1e-4)
