@@ -6,6 +6,7 @@ import pytest
 from scipy import ndimage
 
 from mri_jax import consistency as C
+from mri_jax.n4 import otsu_mask
 from mri_jax.data import pairs
 
 
@@ -147,6 +148,14 @@ def test_noise_floor_is_read_from_the_air_and_falls_back_when_the_air_is_not_pur
   got_coils, got_sigma, from_air = C.noise_floor(_rss(np.where(ring, dim, clean), sigma, 8, rng), disc, 0.5)
   assert from_air and got_coils == pytest.approx(8, rel=0.25) and got_sigma == pytest.approx(sigma, rel=0.1)
   assert C.noise_floor(_rss(np.where(disc, clean, dim), sigma, 8, rng), disc, 0.5) == (1.0, 0.5, False)
+  # No air at all: a bright object in smooth dim tissue (6–30σ, 1–8 coils). Read as a floor, that
+  # tissue would be erased; the tissue's σ inside the eroded mask keeps check (d) from passing it.
+  read = []
+  for _ in range(24):
+    radius, level, coils = rng.uniform(0.25, 0.45), rng.uniform(6, 30) * sigma, int(rng.choice([1, 4, 8]))
+    image = _rss(np.where(r2 < (radius * n) ** 2, 1.0, level), sigma, coils, rng)
+    read.append(C.noise_floor(image, np.asarray(otsu_mask(image)), 0.5)[2])
+  assert not any(read)
 
 
 def test_chi_std_is_the_floors_spread():
