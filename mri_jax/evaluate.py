@@ -465,9 +465,12 @@ def faithfulness(ts: TestSet, model, k: int, *, seed: int = 0, seeds: int = 8, l
          f"lesion_contrast_kept_restorer_K{k}": lesion_contrast_kept(rk, lesioned, lesions),
          "lesion_contrast_kept_corrupted": lesion_contrast_kept(images, lesioned, lesions),
          "lesion_contrast_kept_n4": lesion_contrast_kept(n4_img, lesioned, lesions)}
+  pictures = {"lesioned clean": lesioned, "lesioned corrupted": images, "restored K = 1": r1, "lesions": lesions,
+              "N4": n4_img}
   if optional("dipy") and optional("pywt"):
     nl, _ = nlm_dipy(n4_img)
     out["lesion_contrast_kept_n4_nlm_dipy"] = lesion_contrast_kept(nl, lesioned, lesions)
+    pictures["N4 + NLM"] = nl
   fg_mean = np.array([c[m].mean() for c, m in zip(lesioned, ts.mask)])
   log(f"[faithfulness] {seeds} sampling seeds at K = {k}...")
   runs = np.stack([run_restorer(model, images, k, seed=seed + s)[0] for s in range(seeds)])
@@ -481,7 +484,7 @@ def faithfulness(ts: TestSet, model, k: int, *, seed: int = 0, seeds: int = 8, l
   for name, x in (("restored", r1), ("clean", lesioned), ("corrupted", images)):
     out[f"background_mean_{name}_over_foreground_mean"] = (
         float(np.mean([x[i][air[i]].mean() / fg_mean[i] for i in with_air])) if with_air else float("nan"))
-  return out, {"lesioned clean": lesioned, "lesioned corrupted": images, "restored K = 1": r1, "lesions": lesions}
+  return out, pictures
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,7 +502,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def montage(path: Path, sets: list[tuple[TestSet, dict]], extra=None) -> None:
-  """PNG of one slice per test set: corrupted, N4, N4 + NLM, restorer, clean (and `extra` rows)."""
+  """PNG of one slice per test set: corrupted, N4, N4 + NLM, restorer, clean (and `extra` rows); a
+  method that did not run (e.g. dipy missing) gets an empty panel marked "not run", never a black
+  image that reads as its output."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -509,20 +514,23 @@ def montage(path: Path, sets: list[tuple[TestSet, dict]], extra=None) -> None:
   rows = []
   for ts, imgs in sets:
     i = len(ts.clean) // 2
-    rows.append((ts.name.split(" (")[0], [imgs.get(c, np.zeros_like(ts.clean))[i] for c in cols[:-1]] + [ts.clean[i]],
+    rows.append((ts.name.split(" (")[0], [imgs[c][i] if c in imgs else None for c in cols[:-1]] + [ts.clean[i]],
                  ts.mask[i]))
   if extra is not None:
     i = extra["lesions"][0][0]
-    rows.append(("lesions", [extra["lesioned corrupted"][i], np.zeros_like(extra["lesioned clean"][i]),
-                             np.zeros_like(extra["lesioned clean"][i]), extra["restored K = 1"][i],
-                             extra["lesioned clean"][i]], None))
+    pick = lambda key: extra[key][i] if key in extra else None  # noqa: E731
+    rows.append(("lesions", [pick("lesioned corrupted"), pick("N4"), pick("N4 + NLM"), pick("restored K = 1"),
+                             pick("lesioned clean")], None))
   fig, axes = plt.subplots(len(rows), len(cols) + 1, figsize=(2.6 * (len(cols) + 1), 2.6 * len(rows)), squeeze=False)
   for r, (name, panels, _) in enumerate(rows):
     ref = panels[-1]
     fg = ref > 0.1 * ref.max()
     norm = lambda x: x / max(float(x[fg].mean()), 1e-9)
     for c, img in enumerate(panels):
-      axes[r, c].imshow(norm(img).T, cmap="gray", vmin=0, vmax=2.0, origin="lower")
+      if img is None:
+        axes[r, c].text(0.5, 0.5, "not run", ha="center", va="center", fontsize=8, transform=axes[r, c].transAxes)
+      else:
+        axes[r, c].imshow(norm(img).T, cmap="gray", vmin=0, vmax=2.0, origin="lower")
       if r == 0:
         axes[r, c].set_title(cols[c], fontsize=8)
     err = np.abs(norm(panels[3]) - norm(ref))

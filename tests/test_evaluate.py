@@ -194,6 +194,42 @@ def test_lesion_contrast_measure():
   assert evaluate.lesion_contrast_kept(clean, lesioned, lesions)["hyper"] == pytest.approx(0.0, abs=0.1)
 
 
+def test_montage_marks_a_method_that_did_not_run_and_shows_n4_beside_the_lesions(tmp_path):
+  """A method missing from a set (dipy absent, say) gets an empty "not run" panel, and the lesion
+  row shows N4 and N4 + NLM from the faithfulness run (they were black panels before)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  rng = np.random.default_rng(0)
+  clean = np.zeros((2, 48, 48), np.float32)
+  clean[:, 8:40, 8:40] = 1.0
+  noisy = clean + 0.05 * rng.standard_normal(clean.shape).astype(np.float32)
+  ts = evaluate.TestSet("a set", clean, noisy, np.ones_like(clean), clean > 0.5, np.zeros(2, np.float32))
+  imgs = {"corrupted": noisy, evaluate.N4_LABEL: noisy, "restorer K = 1": clean}  # no NLM
+  extra = {"lesioned clean": clean, "lesioned corrupted": noisy, "restored K = 1": clean, "N4": 0.5 * noisy,
+           "lesions": [(1, (20, 20), -1)]}
+  drawn = {}
+  real_close = plt.close
+
+  def keep(fig=None):
+    drawn["fig"] = fig
+    real_close(fig)
+
+  from unittest import mock
+
+  with mock.patch.object(plt, "close", keep):
+    evaluate.montage(tmp_path / "m.png", [(ts, imgs)], extra)
+  assert (tmp_path / "m.png").stat().st_size > 1000
+  axes = np.array(drawn["fig"].axes).reshape(2, 6)
+  not_run = [[any(t.get_text() == "not run" for t in a.texts) for a in row] for row in axes]
+  images = [[len(a.images) == 1 for a in row] for row in axes]
+  assert not_run[0] == [False, False, True, False, False, False]  # the set's NLM
+  assert not_run[1] == [False, False, True, False, False, False]  # the lesion row's NLM
+  assert images[1][1]  # the lesion row's N4 is drawn
+
+
 def test_evaluate_writes_the_comparison_table(tiny_dataset, tmp_path, capsys):
   data_dir, _ = tiny_dataset
   code, stdout, _ = run_cli(["evaluate", str(tmp_path / "ev"), "--data-dir", str(data_dir), "--dataset",
