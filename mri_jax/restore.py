@@ -311,8 +311,8 @@ def _lowfreq_fix(restored: np.ndarray, reference: np.ndarray, sigma: float) -> n
   return np.maximum(out, 0.0)
 
 
-# The noise clamp acts inside the tissue (`_tissue`) grown by this many voxels; in the air beyond,
-# the network may remove the (Rayleigh) noise entirely.
+# The noise clamp acts inside the tissue (below) grown by this many voxels; in the air beyond, the
+# network may remove the (Rayleigh) noise entirely.
 CLAMP_MARGIN = 2
 # The tissue of the clamp and the blend is the non-air foreground (`restorer.scale_foreground`:
 # above a fifth of Otsu's threshold) and every voxel whose 5×5 input mean stands above the air's
@@ -532,11 +532,11 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   pilot) the change weighed is the filtered image's, and with `BLEND_NETWORK_TOO` the network's own
   change g − r too, each band with its own weight: α is then (filtered bands…, network bands…),
   `blend_weight_count` of them. SURE is scored on the Otsu mask; α is applied in `tissue` (the non-air
-  foreground and the anatomy above the noise floor, grown by CLAMP_MARGIN voxels); the air keeps the network's output g, with a smooth
-  transition. `one_weight`: one α per band for the whole volume (the volume's 3-D N4), estimated
-  on the batch of slices holding the middle slice; else per slice, every batch probed. Slices
-  without a noise estimate (too little foreground, σ = 0) are not blended (α NaN); nor is a
-  volume when no slice of its probed batch has one. `network(batches, corrupted, n4)` reruns the
+  foreground and the anatomy above the noise floor, grown by CLAMP_MARGIN voxels); the air keeps the
+  network's output g, with a smooth transition. `one_weight`: one α per band for the whole volume
+  (the volume's 3-D N4), estimated on the batch of slices holding the middle slice; else per slice,
+  every batch probed. Slices without a noise estimate (too little foreground, σ = 0) are not
+  blended (α NaN); nor is a volume when no slice of its probed batch has one. `network(batches, corrupted, n4)` reruns the
   network on prepared inputs; `batch` is its batch size. `sigma`: the slices' (N,) noise σ
   (`_input_sigmas`) when the caller has them already."""
   from scipy import ndimage
