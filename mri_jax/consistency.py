@@ -150,12 +150,11 @@ FLOOR_TISSUE_EROSION = 2
 @functools.lru_cache(maxsize=1)
 def _chi_table():
   """(L grid, median, std) of the standard χ with 2L degrees of freedom, L in [1, FLOOR_MAX_COILS]
-  (χ²/2 is Gamma(L): the median is √(2 · its median); the mean is `chi_mean` at 0, E[χ²] = 2L)."""
+  (χ²/2 is Gamma(L): the median is √(2 · its median); the std is `chi_std`)."""
   from scipy import special
 
   coils = np.exp(np.linspace(0.0, np.log(FLOOR_MAX_COILS), 300))
-  mean = chi_mean(np.zeros_like(coils), coils)
-  return coils, np.sqrt(2.0 * special.gammaincinv(coils, 0.5)), np.sqrt(2.0 * coils - mean ** 2)
+  return coils, np.sqrt(2.0 * special.gammaincinv(coils, 0.5)), chi_std(coils)
 
 
 FLOOR_TABLE_MAX = 40.0  # `chi_mean` is exact up to a = 40 (σ units), its expansion beyond
@@ -199,10 +198,11 @@ def chi_mean(a: np.ndarray, coils: float) -> np.ndarray:
   return np.where(a > FLOOR_TABLE_MAX, np.sqrt(a ** 2 + 2.0 * coils - 1.0), exact)
 
 
-def chi_std(coils: float) -> float:
+def chi_std(coils):
   """The std / σ of the magnitude of `coils` coils' root sum of squares in the air (noise-free
-  magnitude 0): √(2L − E[M]²/σ²), 0.655 for one coil, 0.707 for many."""
-  return float(np.sqrt(2.0 * coils - chi_mean(np.zeros(()), coils) ** 2))
+  magnitude 0): √(2L − E[M]²/σ²), 0.655 for one coil, 0.707 for many (`coils` a number or an array)."""
+  coils = np.asarray(coils, np.float64)
+  return np.sqrt(2.0 * coils - chi_mean(np.zeros_like(coils), coils) ** 2)
 
 
 def unbias(m: np.ndarray, coils: float) -> np.ndarray:
