@@ -25,7 +25,9 @@ def get_config(arg=None):
   `mri-jax train --warm-start mri_jax/weights/default`: 600 autoencoder, 2,500 UNet and 3,000
   fidelity steps at a third of the learning rate (about 1 h on the 2-core CPU; tried in the
   seventh pass of issue 15, not shipped: the network alone gained 0.03 SSIM on real scans, restore
-  did not; benchmarks/RESULTS.md)."""
+  did not; benchmarks/RESULTS.md); 'narrow': the same recipe with the autoencoder and fidelity
+  path at half width (8-16-32), the network on a 256² slice 2× faster (fourteenth pass of issue
+  15, benchmarks/RESULTS.md)."""
   c = default.get_config()
   c.data.name = "mri_pairs/mixed128"
   c.model.fidelity = arg != "no_fidelity"
@@ -41,6 +43,8 @@ def get_config(arg=None):
     c.data.name = "mri_pairs/mixed128fine"
     c.train.ae_steps, c.train.diffusion_steps, c.train.fidelity_steps = 600, 2_500, 3_000
     c.optimizer.lr = 3e-4
-  if arg not in (None, "", "no_fidelity", "joint", "fine"):
-    raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity, joint, fine)")
+  if arg == "narrow":
+    c.model.ae_channels = (8, 16, 32)
+  if arg not in (None, "", "no_fidelity", "joint", "fine", "narrow"):
+    raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity, joint, fine, narrow)")
   return c
