@@ -537,8 +537,8 @@ def _sure_blend(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray
   (the volume's 3-D N4), estimated on the batch of slices holding the middle slice; else per slice,
   every batch probed. Slices without a noise estimate (too little foreground, σ = 0) are not
   blended (α NaN); nor is a volume when no slice of its probed batch has one.
-  `network(batches, corrupted, n4)` reruns the network on prepared inputs; `batch` is its batch size. `sigma`: the slices' (N,) noise σ
-  (`_input_sigmas`) when the caller has them already."""
+  `network(batches, corrupted, n4)` reruns the network on prepared inputs; `batch` is its batch
+  size. `sigma`: the slices' (N,) noise σ (`_input_sigmas`) when the caller has them already."""
   from scipy import ndimage
 
   n = len(restored)
