@@ -71,7 +71,7 @@ def points(shape: Sequence[int], spacing=None, z: jax.Array | float = 0.0) -> ja
   """
   if len(shape) not in (2, 3):
     raise ValueError(f"expected a 2-D or 3-D shape, got {tuple(shape)}")
-  mesh = jnp.meshgrid(*normalized_axes(shape, spacing), indexing="ij")
+  mesh = list(jnp.meshgrid(*normalized_axes(shape, spacing), indexing="ij"))  # a tuple from jax 0.11
   if len(shape) == 2:
     mesh.append(jnp.broadcast_to(jnp.asarray(z, jnp.float32), mesh[0].shape))
   return jnp.stack(mesh, axis=-1)
