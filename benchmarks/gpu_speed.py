@@ -1,0 +1,120 @@
+"""Restore's speed on a GPU: the cases of `benchmarks/restoration.py`'s speed table, timed on the device.
+
+The device machine has no nilearn or SimpleITK, so the inputs travel: `--make-input` (here, with
+the full extras) writes the corrupted MNI152 1 mm volume (197×233×189, 8 coils, noise 0.03: the
+speed benchmark's) as float16 to `.gpu_carry/speed_input.npz` (git-ignored; name `.gpu_carry` in
+the device call's `carry`). On the device (jax with CUDA, flax, optax, orbax, chex, numpy, scipy;
+the carried ml_collections wheel of `benchmarks/gpu_assets/wheels` when missing):
+  python benchmarks/gpu_speed.py --out $OUT [--checkpoint DIR ...]
+Timed per model (the shipped weights unless --checkpoint is given): the network alone on one 256²
+slice (its N4 image and field from JAX N4, as restore passes them; best of 10), `restore_array` on
+that slice (best of 3), and on the volume (one warm-up that compiles its shapes, then one timed
+call). Writes gpu_speed.json and gpu_speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+INPUT = ROOT / ".gpu_carry" / "speed_input.npz"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def make_input(path: Path) -> None:
+  from restoration import _test_images
+
+  vol, _ = _test_images()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez_compressed(path, volume=vol.astype(np.float16))
+  print(f"{path}: {path.stat().st_size / 2 ** 20:.1f} MiB, volume {vol.shape}")
+
+
+def slice_of(vol: np.ndarray) -> np.ndarray:
+  """The 256² frame around the axial mid-slice (as `restoration._test_images`' first slice)."""
+  sl = np.zeros((256, 256), np.float32)
+  sl[:vol.shape[0], :vol.shape[1]] = vol[:256, :256, vol.shape[-1] // 2]
+  return sl
+
+
+def time_model(checkpoint, vol: np.ndarray, log) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  from mri_jax import n4, restore
+  from restoration import best_of
+
+  t = time.perf_counter()
+  model = restore.load_model(checkpoint)
+  t_load = time.perf_counter() - t
+  sl = slice_of(vol)
+  run = restore._make_fn(model, model.default_steps)
+  res = n4.n4_batch(sl[None], settings=restore.restore_n4_settings(model))
+  scale = sl[sl > 0].mean()
+  x, x_n4 = jnp.asarray(sl[None] / scale), jnp.asarray(np.asarray(res.corrected) / scale)
+  log_field = jnp.asarray(np.asarray(res.log_field))
+  t = time.perf_counter()
+  jax.block_until_ready(run(model.params, x, x_n4, log_field, jax.random.key(0)))
+  t_compile_net = time.perf_counter() - t
+  t_net = best_of(lambda: jax.block_until_ready(run(model.params, x, x_n4, log_field, jax.random.key(0))), n=10)
+  t = time.perf_counter()
+  restore.restore_array(sl, model)
+  t_first_slice = time.perf_counter() - t
+  t_slice = best_of(lambda: restore.restore_array(sl, model))
+  t = time.perf_counter()
+  out = restore.restore_array(vol, model)
+  t_first_vol = time.perf_counter() - t
+  t_vol = best_of(lambda: restore.restore_array(vol, model), n=1)
+  counts = out.mask.reshape(-1, out.mask.shape[-1]).sum(axis=0)
+  row = {"checkpoint": str(checkpoint or "shipped"), "load_s": t_load, "network_compile_s": t_compile_net,
+         "slice_network_s": t_net, "slice_first_call_s": t_first_slice, "slice_restorer_s": t_slice,
+         "volume_first_call_s": t_first_vol, "volume_restorer_s": t_vol,
+         "volume_restored_slices": int(restore.anatomy_slices(counts).sum())}
+  log(json.dumps(row))
+  return row
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--out", default="gpu_speed")
+  p.add_argument("--checkpoint", action="append", default=[], help="weights folder (repeatable; default: shipped)")
+  p.add_argument("--input", default=str(INPUT))
+  p.add_argument("--make-input", action="store_true", help="write the carried input volume and exit")
+  a = p.parse_args(argv)
+  if a.make_input:
+    make_input(Path(a.input))
+    return 0
+  if not Path(a.input).is_file():
+    sys.exit(f"error: no input volume at {a.input}; run `python benchmarks/gpu_speed.py --make-input` first")
+  from gpu_recipe import _ADDED_WHEELS  # puts the carried ml_collections wheel on sys.path when missing
+  import jax
+
+  log = lambda s: print(s, flush=True)  # noqa: E731
+  with np.load(a.input) as z:
+    vol = z["volume"].astype(np.float32)
+  log(f"devices {jax.devices()}; wheels {_ADDED_WHEELS or 'none'}; volume {vol.shape}")
+  rows = [time_model(c, vol, log) for c in (a.checkpoint or [None])]
+  out = Path(a.out)
+  out.mkdir(parents=True, exist_ok=True)
+  dev = str(jax.devices()[0].device_kind)
+  (out / "gpu_speed.json").write_text(json.dumps({"device": dev, "jax": jax.__version__, "rows": rows}, indent=1))
+  lines = [f"# Restore speed on {dev} (jax {jax.__version__})", "",
+           "| weights | network, 256² | restore, 256² slice | restore, 197×233×189 volume | first calls (slice / volume) |",
+           "|---|---|---|---|---|"]
+  lines += [f"| {r['checkpoint']} | {1e3 * r['slice_network_s']:.1f} ms | {r['slice_restorer_s']:.3f} s | "
+            f"{r['volume_restorer_s']:.2f} s ({r['volume_restored_slices']} slices) | "
+            f"{r['slice_first_call_s']:.1f} / {r['volume_first_call_s']:.1f} s |" for r in rows]
+  (out / "gpu_speed.md").write_text("\n".join(lines) + "\n")
+  log("\n".join(lines))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
