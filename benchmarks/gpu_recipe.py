@@ -11,6 +11,9 @@ the trainer's own jitted steps (`trainer.make_steps`).
 
 On the device machine (the repository root is the working directory; results come back from $OUT):
   python benchmarks/gpu_recipe.py --out $OUT
+The export is ≈ 19 MiB; where files come back from the device in parts of at most 16 MiB, split it
+there (`split -b 15m -d $OUT/weights/model.npz $OUT/weights/model.npz.part`) and join the parts with
+`cat` here (benchmarks/RESULTS.md, fifteenth pass, has the command line used).
 CPU smoke run (48² images, 16 steps, 2 real-scan sets; 2.3 min on 2 busy cores, mostly compiling):
   python benchmarks/gpu_recipe.py --tiny --out /tmp/gpu_tiny
 FLOPs per step of the GPU config (lowering only, nothing compiled):

@@ -9,7 +9,9 @@ the carried ml_collections wheel of `benchmarks/gpu_assets/wheels` when missing)
 Timed per model (the shipped weights unless --checkpoint is given): the network alone on one 256²
 slice (its N4 image and field from JAX N4, as restore passes them; best of 10), `restore_array` on
 that slice (best of 3), and on the volume (one warm-up that compiles its shapes, then one timed
-call). Writes gpu_speed.json and gpu_speed.md.
+call), with restore's own per-stage times (`RestoreResult.seconds`: N4 with the field network,
+the network, the blend, total) of one more slice call and of the timed volume call. Writes
+gpu_speed.json and gpu_speed.md.
 """
 
 from __future__ import annotations
@@ -68,15 +70,19 @@ def time_model(checkpoint, vol: np.ndarray, log) -> dict:
   restore.restore_array(sl, model)
   t_first_slice = time.perf_counter() - t
   t_slice = best_of(lambda: restore.restore_array(sl, model))
+  stages_slice = restore.restore_array(sl, model).seconds  # restore's own per-stage times
   t = time.perf_counter()
   out = restore.restore_array(vol, model)
   t_first_vol = time.perf_counter() - t
-  t_vol = best_of(lambda: restore.restore_array(vol, model), n=1)
+  t = time.perf_counter()
+  stages_vol = restore.restore_array(vol, model).seconds
+  t_vol = time.perf_counter() - t
   counts = out.mask.reshape(-1, out.mask.shape[-1]).sum(axis=0)
   row = {"checkpoint": str(checkpoint or "shipped"), "load_s": t_load, "network_compile_s": t_compile_net,
          "slice_network_s": t_net, "slice_first_call_s": t_first_slice, "slice_restorer_s": t_slice,
          "volume_first_call_s": t_first_vol, "volume_restorer_s": t_vol,
-         "volume_restored_slices": int(restore.anatomy_slices(counts).sum())}
+         "volume_restored_slices": int(restore.anatomy_slices(counts).sum()),
+         "slice_stages_s": stages_slice, "volume_stages_s": stages_vol}
   log(json.dumps(row))
   return row
 
@@ -106,11 +112,15 @@ def main(argv=None) -> int:
   dev = str(jax.devices()[0].device_kind)
   (out / "gpu_speed.json").write_text(json.dumps({"device": dev, "jax": jax.__version__, "rows": rows}, indent=1))
   lines = [f"# Restore speed on {dev} (jax {jax.__version__})", "",
-           "| weights | network, 256² | restore, 256² slice | restore, 197×233×189 volume | first calls (slice / volume) |",
+           f"| weights | network, 256² | restore, 256² slice | restore, {'×'.join(map(str, vol.shape))} volume | "
+           "first calls (slice / volume) |",
            "|---|---|---|---|---|"]
   lines += [f"| {r['checkpoint']} | {1e3 * r['slice_network_s']:.1f} ms | {r['slice_restorer_s']:.3f} s | "
             f"{r['volume_restorer_s']:.2f} s ({r['volume_restored_slices']} slices) | "
             f"{r['slice_first_call_s']:.1f} / {r['volume_first_call_s']:.1f} s |" for r in rows]
+  lines += ["", "restore's stages, seconds (slice; volume):"]
+  lines += [f"- {r['checkpoint']}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["slice_stages_s"].items()) + "; "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r["volume_stages_s"].items()) for r in rows]
   (out / "gpu_speed.md").write_text("\n".join(lines) + "\n")
   log("\n".join(lines))
   return 0

@@ -29,6 +29,11 @@ Size estimate (how the step counts were chosen; no GPU was at hand, so this is a
   branches, the stages' steps; the tiny generator took 61 s to compile on the CPU) guessed 60–120 s;
   evaluation ≤ 100 s (the script stops the real-scan part when the budget is spent).
   Total ≈ 265–525 s, middle ≈ 395 s.
+Measured on one H200 (2026-11-30, jax 0.11.2, `python benchmarks/gpu_recipe.py --out $OUT
+--budget-s 470`; benchmarks/RESULTS.md, "fifteenth pass"): the batch generator compiled in 110 s
+and the three stages' steps in 35 s; 29 / 41 / 31 ms per AE / diffusion / fidelity step with the
+draws included (≈ 34 / 14 / 46 TFLOP/s by the counts above), 21 steps/s. The calibration scaled
+the counts by 0.80 (2,012 / 2,012 / 1,006 steps, trained in 230 s); the whole run took 522 s.
 The joint stage is off here, as in the shipped config (on the CPU it did not help on real scans:
 benchmarks/RESULTS.md, sixth pass); `--set train.joint_steps=N` adds it (its step is about the
 diffusion and fidelity steps together, ≈ 2 TFLOP at batch 64). The tiny variant keeps 4 joint

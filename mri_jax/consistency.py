@@ -225,16 +225,25 @@ class SliceConsistency:
   residual: np.ndarray
 
 
+@functools.lru_cache(maxsize=4)
+def _poly_basis(shape: tuple[int, int], order: int) -> np.ndarray:
+  """(X, Y, P) monomials xⁱyʲ, i + j ≤ order, on [-1, 1]² (read-only; one per slice shape, reused
+  across a volume's slices: rebuilding it took 16 ms of a 197×233 slice's check)."""
+  xs = [np.linspace(-1.0, 1.0, n) for n in shape]
+  grid = np.meshgrid(*xs, indexing="ij")
+  powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+  basis = np.stack([grid[0] ** i * grid[1] ** j for i, j in powers], axis=-1)
+  basis.flags.writeable = False
+  return basis
+
+
 def smooth_field(inp: np.ndarray, out: np.ndarray, mask: np.ndarray, order: int = 4) -> np.ndarray:
   """exp of the order-`order` polynomial (in normalised coordinates) fitted by least squares to
   log(inp / out) on the mask's voxels where both are well above zero; 1 where it cannot be fitted."""
-  xs = [np.linspace(-1.0, 1.0, n) for n in inp.shape]
-  grid = np.meshgrid(*xs, indexing="ij")
-  powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
-  basis = np.stack([grid[0] ** i * grid[1] ** j for i, j in powers], axis=-1)  # (X, Y, P)
+  basis = _poly_basis(tuple(inp.shape), order)  # (X, Y, P)
   level = 0.2 * float(out[mask].max()) if mask.any() else 0.0
   fit = mask & (out > level) & (inp > 0)
-  if fit.sum() < 4 * len(powers):
+  if fit.sum() < 4 * basis.shape[-1]:
     return np.ones_like(inp)
   w = out[fit]  # brighter voxels have a better-determined ratio
   coef, *_ = np.linalg.lstsq(basis[fit] * w[:, None], np.log(inp[fit] / out[fit]) * w, rcond=None)

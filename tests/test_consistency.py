@@ -167,3 +167,18 @@ def test_chi_std_is_the_floors_spread():
     assert C.chi_std(coils) == pytest.approx(m.std(), rel=5e-3)
   table_coils, _, table_std = C._chi_table()
   assert C.chi_std(8) == pytest.approx(float(np.interp(8, table_coils, table_std)), rel=1e-4)
+
+
+def test_smooth_field_recovers_a_polynomial_field_with_the_cached_basis():
+  # log(inp / out) an order-2 polynomial: the order-4 fit recovers it on every voxel, also on
+  # the second call, which reuses the cached (read-only) basis for that shape
+  rng = np.random.default_rng(0)
+  out = 1.0 + rng.random((40, 52))
+  u, v = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 52), indexing="ij")
+  field = np.exp(0.3 * u - 0.2 * v ** 2 + 0.1 * u * v)
+  mask = np.ones(out.shape, bool)
+  for _ in range(2):
+    np.testing.assert_allclose(C.smooth_field(out * field, out, mask), field, rtol=1e-6)
+  basis = C._poly_basis((40, 52), 4)
+  assert basis.shape == (40, 52, 15) and not basis.flags.writeable
+  assert C._poly_basis((40, 52), 4) is basis
