@@ -40,7 +40,7 @@ def make_input(path: Path) -> None:
 
 
 def slice_of(vol: np.ndarray) -> np.ndarray:
-  """The 256² frame around the axial mid-slice (as `restoration._test_images`' first slice)."""
+  """The axial mid-slice in a 256² frame (as `restoration._test_images`' first slice)."""
   sl = np.zeros((256, 256), np.float32)
   sl[:vol.shape[0], :vol.shape[1]] = vol[:256, :256, vol.shape[-1] // 2]
   return sl
