@@ -17,7 +17,8 @@ there (`split -b 15m -d $OUT/weights/model.npz $OUT/weights/model.npz.part`) and
 CPU smoke run (48² images, 16 steps, 2 real-scan sets; 2.3 min on 2 busy cores, mostly compiling):
   python benchmarks/gpu_recipe.py --tiny --out /tmp/gpu_tiny
 An ablation arm: the same command with one override, e.g. `--set model.condition_n4=False`,
-`--set "model.space='pixel'"` or `--set model.fidelity=False` (same wall-time budget).
+`--set "model.space='pixel'"` or `--set model.fidelity=False`; with `--budget-s 0` and the stage
+counts of the run it is compared with (`--set train.ae_steps=N` ...) both train the same steps.
 FLOPs per step of the GPU config (lowering only, nothing compiled):
   python benchmarks/gpu_recipe.py --estimate
 Rebuild the carried files (on a machine with the full extras: nilearn, dipy, nibabel, pydicom,
