@@ -40,7 +40,7 @@ def test_dihedral_transforms_invert_and_tta_is_flip_equivariant():
     np.testing.assert_array_equal(fieldnet._dihedral(fieldnet._dihedral(a, k), k, inverse=True), a)
   # the averaged prediction of a flipped slice is the flipped prediction
   model = fieldnet.FieldNet(rngs=nnx.Rngs(2))
-  model.head.kernel.value = model.head.kernel.value + 0.02
+  model.head.kernel[...] = model.head.kernel[...] + 0.02
   rng = np.random.default_rng(1)
   img = rng.uniform(0.5, 1.5, (2, 48, 48)).astype(np.float32)
   mask = np.ones_like(img, bool)
@@ -75,7 +75,7 @@ def test_restore_divides_out_the_networks_correction_on_a_padded_non_square_slic
   """Per-slice path, a slice that needs padding to the model's size bucket: the field restore
   returns is N4's times exp(w × the network's residual) (up to one scale per slice)."""
   model = fieldnet.FieldNet(rngs=nnx.Rngs(5))
-  model.head.kernel.value = model.head.kernel.value + 0.05
+  model.head.kernel[...] = model.head.kernel[...] + 0.05
   fieldnet.save(model, fieldnet.FieldConfig(), tmp_path / "w")
   monkeypatch.setattr(fieldnet, "WEIGHTS_DIR", tmp_path / "w")
   scans, sets = evaluate.real_scan_sets(seed=0, slices=2, groups=("dipy_aniso",))  # 58×58
@@ -115,7 +115,7 @@ def test_damaged_field_weights_are_one_line_errors(tmp_path, monkeypatch):
 def test_weights_round_trip_and_refusals(tmp_path):
   model = fieldnet.FieldNet(rngs=nnx.Rngs(1))
   # make the head non-zero so the prediction is not trivially zero
-  model.head.kernel.value = model.head.kernel.value + 0.01
+  model.head.kernel[...] = model.head.kernel[...] + 0.01
   fieldnet.save(model, fieldnet.FieldConfig(), tmp_path / "w", {"note": "test"})
   back = fieldnet.load(tmp_path / "w")
   x = np.random.default_rng(0).normal(size=(2, fieldnet.GRID, fieldnet.GRID, 3)).astype(np.float32)

@@ -124,7 +124,7 @@ def test_checkpoints_are_keyed_by_names(full_run):
   assert set(saved) == {"step", "unet", "ema_unet", "opt_unet", "ae", "opt_ae"}
   assert "kernel" in saved["unet"]["conv_in"] and "c1" in saved["ae"]["enc_blocks"]["0"]
   np.testing.assert_array_equal(np.asarray(saved["ema_unet"]["conv_in"]["kernel"]["value"]),
-                                np.asarray(full_run["state"].ema_unet["conv_in"]["kernel"].value))
+                                np.asarray(full_run["state"].ema_unet["conv_in"]["kernel"][...]))
 
 
 @pytest.mark.parametrize("spec", ["default.py", "tiny.py", "ablations/no_n4.py", "ablations/ddpm_from_noise.py",
