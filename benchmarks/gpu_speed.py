@@ -39,50 +39,32 @@ def make_input(path: Path) -> None:
   print(f"{path}: {path.stat().st_size / 2 ** 20:.1f} MiB, volume {vol.shape}")
 
 
-def slice_of(vol: np.ndarray) -> np.ndarray:
-  """The axial mid-slice in a 256² frame (as `restoration._test_images`' first slice)."""
-  sl = np.zeros((256, 256), np.float32)
-  sl[:vol.shape[0], :vol.shape[1]] = vol[:256, :256, vol.shape[-1] // 2]
-  return sl
-
-
 def time_model(checkpoint, vol: np.ndarray, log) -> dict:
-  import jax
-  import jax.numpy as jnp
-
   from mri_jax import n4, restore
-  from restoration import best_of
+  from restoration import best_of, frame_slice, network_seconds, restored_slice_count
 
   t = time.perf_counter()
   model = restore.load_model(checkpoint)
   t_load = time.perf_counter() - t
-  sl = slice_of(vol)
-  run = restore._make_fn(model, model.default_steps)
-  res = n4.n4_batch(sl[None], settings=restore.restore_n4_settings(model))
-  scale = sl[sl > 0].mean()
-  x, x_n4 = jnp.asarray(sl[None] / scale), jnp.asarray(np.asarray(res.corrected) / scale)
-  log_field = jnp.asarray(np.asarray(res.log_field))
-  t = time.perf_counter()
-  jax.block_until_ready(run(model.params, x, x_n4, log_field, jax.random.key(0)))
-  t_compile_net = time.perf_counter() - t
-  t_net = best_of(lambda: jax.block_until_ready(run(model.params, x, x_n4, log_field, jax.random.key(0))), n=10)
+  sl = frame_slice(vol, vol.shape[-1] // 2)
+  n4_res = n4.n4_batch(sl[None], settings=restore.restore_n4_settings(model))
+  t_compile_net, t_net = network_seconds(model, sl, n4_res, n=10)
   t = time.perf_counter()
   restore.restore_array(sl, model)
   t_first_slice = time.perf_counter() - t
   t_slice = best_of(lambda: restore.restore_array(sl, model))
   stages_slice = restore.restore_array(sl, model).seconds  # restore's own per-stage times
   t = time.perf_counter()
-  out = restore.restore_array(vol, model)
+  restore.restore_array(vol, model)
   t_first_vol = time.perf_counter() - t
   t = time.perf_counter()
-  stages_vol = restore.restore_array(vol, model).seconds
+  out = restore.restore_array(vol, model)
   t_vol = time.perf_counter() - t
-  counts = out.mask.reshape(-1, out.mask.shape[-1]).sum(axis=0)
   row = {"checkpoint": str(checkpoint or "shipped"), "load_s": t_load, "network_compile_s": t_compile_net,
          "slice_network_s": t_net, "slice_first_call_s": t_first_slice, "slice_restorer_s": t_slice,
          "volume_first_call_s": t_first_vol, "volume_restorer_s": t_vol,
-         "volume_restored_slices": int(restore.anatomy_slices(counts).sum()),
-         "slice_stages_s": stages_slice, "volume_stages_s": stages_vol}
+         "volume_restored_slices": restored_slice_count(out),
+         "slice_stages_s": stages_slice, "volume_stages_s": out.seconds}
   log(json.dumps(row))
   return row
 

@@ -53,12 +53,43 @@ def _test_images():
   vol = np.asarray(file_jobs.simulate_array(a.t1, seed=0, settings=settings, spacing=(1.0, 1.0, 1.0),
                                             reference_mask=a.mask).image)
   mid = vol.shape[-1] // 2
-  slices = []
-  for z in [mid] + [mid + d for d in range(-40, 40, 4) if d]:
-    sl = np.zeros((256, 256), np.float32)
-    sl[:vol.shape[0], :vol.shape[1]] = vol[:256, :256, z]
-    slices.append(sl)
-  return vol, slices
+  return vol, [frame_slice(vol, z) for z in [mid] + [mid + d for d in range(-40, 40, 4) if d]]
+
+
+def frame_slice(vol: np.ndarray, z: int) -> np.ndarray:
+  """Axial slice z of `vol` in a 256² frame (zeros beyond the volume)."""
+  sl = np.zeros((256, 256), np.float32)
+  sl[:vol.shape[0], :vol.shape[1]] = vol[:256, :256, z]
+  return sl
+
+
+def network_seconds(model, sl: np.ndarray, n4_res, n: int = 3) -> tuple[float, float]:
+  """(first call, best of `n` after it) of the network alone on slice `sl`, with the inputs it gets
+  in restore: the corrupted slice, its N4 image and N4 field `n4_res` (distinct arrays: with the N4
+  image = the input, XLA would share the two encoder passes)."""
+  import jax
+  import jax.numpy as jnp
+
+  from mri_jax import restore
+
+  run = restore._make_fn(model, model.default_steps)
+  scale = sl[sl > 0].mean()
+  x = jnp.asarray(sl[None] / scale)
+  x_n4 = jnp.asarray(np.asarray(n4_res.corrected).reshape(x.shape) / scale)
+  log_field = jnp.asarray(np.asarray(n4_res.log_field).reshape(x.shape))
+  call = lambda: jax.block_until_ready(run(model.params, x, x_n4, log_field, jax.random.key(0)))  # noqa: E731
+  t = time.perf_counter()
+  call()
+  first = time.perf_counter() - t
+  return first, best_of(call, n=n)
+
+
+def restored_slice_count(res) -> int:
+  """How many slices of a restored volume went through the network (restore's anatomy rule)."""
+  from mri_jax import restore
+
+  counts = res.mask.reshape(-1, res.mask.shape[-1]).sum(axis=0)
+  return int(restore.anatomy_slices(counts).sum())
 
 
 def speed(model, log=print) -> dict:
@@ -69,27 +100,17 @@ def speed(model, log=print) -> dict:
   sl = slices[0]
   log("speed: one 256² slice...")
   t_restore = best_of(lambda: restore.restore_array(sl, model))
-  run = restore._make_fn(model, model.default_steps)
-  import jax
-  import jax.numpy as jnp
-
   t_n4 = best_of(lambda: n4.n4_sitk(sl, settings=n4.N4Settings(shrink=4)))
   n4_res = n4.n4_sitk(sl, settings=n4.N4Settings(shrink=4))
   n4_img = np.asarray(n4_res.corrected)
-  # the network on the inputs it gets in restore: the corrupted slice, its N4 image and N4 field
-  # (distinct arrays: with the N4 image = the input, XLA would share the two encoder passes)
-  scale = sl[sl > 0].mean()
-  x, x_n4 = jnp.asarray(sl[None] / scale), jnp.asarray(n4_img[None] / scale)
-  log_field = jnp.asarray(np.asarray(n4_res.log_field)[None])
-  t_net = best_of(lambda: jax.block_until_ready(run(model.params, x, x_n4, log_field, jax.random.key(0))))
+  _, t_net = network_seconds(model, sl, n4_res)
   t_nlm = best_of(lambda: evaluate.nlm_dipy(n4_img[None]))  # a correct 2-D call costs 3× the depth-1 one (evaluate.nlm_dipy)
   t_nlm_sk = best_of(lambda: evaluate.nlm_skimage(n4_img[None]))
   log("speed: one 3-D volume (197×233×189)...")
   res = restore.restore_array(vol, model)  # warm-up: compiles the volume's shapes
   t_vol = best_of(lambda: restore.restore_array(vol, model), n=1)
   t_vol_n4 = best_of(lambda: n4.n4_sitk(vol, settings=n4.N4Settings(shrink=4)), n=1)
-  counts = res.mask.reshape(-1, res.mask.shape[-1]).sum(axis=0)  # the slices with anatomy (restore's rule)
-  restored_slices = int(restore.anatomy_slices(counts).sum())
+  restored_slices = restored_slice_count(res)
   return {"slice_restorer_s": t_restore, "slice_network_s": t_net, "slice_sitk_n4_s": t_n4, "slice_dipy_nlm_s": t_nlm,
           "slice_skimage_nlm_s": t_nlm_sk, "slice_speedup_vs_n4_nlm": (t_n4 + t_nlm) / t_restore,
           "slice_speedup_vs_n4_nlm_skimage": (t_n4 + t_nlm_sk) / t_restore, "slice_speedup_vs_n4": t_n4 / t_restore,
