@@ -28,10 +28,13 @@ def get_config(arg=None):
   did not; benchmarks/RESULTS.md); 'narrow': the same recipe with the autoencoder and fidelity
   path at half width (8-16-32): the network on a 256² slice 1.8× faster (0.10 s), restore 0.001–
   0.002 SSIM lower and 89.9 % hypo-intense lesion contrast (tried in the fourteenth pass of issue
-  15, not shipped; benchmarks/RESULTS.md)."""
+  15, not shipped; benchmarks/RESULTS.md); 'fast': the network made for speed: the autoencoder at
+  half width (8-16-32), the UNet at 24-48-96, no N4 conditioning and no fidelity path (restore
+  still runs N4 and its later stages), ≈ 50 ms per 256² slice on the 2-core CPU against ≈ 175 ms
+  (seventeenth pass of issue 15; benchmarks/RESULTS.md)."""
   c = default.get_config()
   c.data.name = "mri_pairs/mixed128"
-  c.model.fidelity = arg != "no_fidelity"
+  c.model.fidelity = arg not in ("no_fidelity", "fast")
   c.train.ae_steps = 1_500
   c.train.diffusion_steps = 6_000
   c.model.fidelity_residual = c.model.fidelity
@@ -44,8 +47,11 @@ def get_config(arg=None):
     c.data.name = "mri_pairs/mixed128fine"
     c.train.ae_steps, c.train.diffusion_steps, c.train.fidelity_steps = 600, 2_500, 3_000
     c.optimizer.lr = 3e-4
-  if arg == "narrow":
+  if arg in ("narrow", "fast"):
     c.model.ae_channels = (8, 16, 32)
-  if arg not in (None, "", "no_fidelity", "joint", "fine", "narrow"):
-    raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity, joint, fine, narrow)")
+  if arg == "fast":
+    c.model.unet_channels = (24, 48, 96)
+    c.model.condition_n4 = False
+  if arg not in (None, "", "no_fidelity", "joint", "fine", "narrow", "fast"):
+    raise ValueError(f"unknown mixed variant {arg!r} (known: no_fidelity, joint, fine, narrow, fast)")
   return c

@@ -85,6 +85,10 @@ from mri_jax.io import nifti
 from mri_jax.models import restorer as R
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "default"
+# The shipped fast weights (`configs/mixed.py:fast`, `mri-jax restore --fast`): a network 3.4× faster
+# (≈ 50 ms against ≈ 175 ms per 256² slice on the 2-core CPU), restore's SSIM within 0.0013 of the
+# default weights on every test set (benchmarks/RESULTS.md, seventeenth pass of issue 15).
+FAST_WEIGHTS_DIR = WEIGHTS_DIR.parent / "fast"
 N4_CHOICES = R.N4_BACKENDS
 MIN_FOREGROUND = R.MIN_FOREGROUND
 PASS_THROUGH_FRACTION = 0.1  # slices with less foreground than this × the largest slice's are not restored
@@ -172,7 +176,8 @@ def _restorer_of(cfg, directory: Path) -> R.Restorer:
 
 
 def load_model(checkpoint=None) -> Model:
-  """The restorer in `checkpoint` (None: the shipped default weights).
+  """The restorer in `checkpoint` (None: the shipped default weights; `FAST_WEIGHTS_DIR`: the
+  shipped fast ones).
 
   Raises:
     UserInputError: a missing/unreadable checkpoint, one whose weights do not fit its config, or
@@ -180,8 +185,9 @@ def load_model(checkpoint=None) -> Model:
   """
   directory = WEIGHTS_DIR if checkpoint is None else Path(checkpoint)
   if not directory.is_dir():
-    if checkpoint is None:
-      raise UserInputError(f"the default weights are missing from the installation ({directory})")
+    if checkpoint is None or directory == FAST_WEIGHTS_DIR:
+      which = "default" if checkpoint is None else "fast"
+      raise UserInputError(f"the {which} weights are missing from the installation ({directory})")
     raise UserInputError(f"--checkpoint '{checkpoint}' is not a directory")
   cfg = checkpoints.read_config(directory)
   restorer = _restorer_of(cfg, directory)

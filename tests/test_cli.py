@@ -113,3 +113,27 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
   help_text = subprocess.run([sys.executable, "-m", "mri_jax", "simulate", "--help"], capture_output=True,
                              text=True)
   assert help_text.returncode == 0 and "examples:" in help_text.stdout
+
+
+def test_fast_and_checkpoint_together_is_one_line_error(tmp_path, capsys):
+  src = tmp_path / "in.nii.gz"
+  for argv in (["restore", str(src), str(tmp_path / "out.nii.gz"), "--fast", "--checkpoint", str(tmp_path)],
+               ["demo", str(tmp_path / "demo"), "--fast", "--checkpoint", str(tmp_path)]):
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and "--fast and --checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "out.nii.gz").exists() and not (tmp_path / "demo").exists()
+
+
+def test_restore_fast_uses_the_shipped_fast_weights(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[:64, :64]
+  disc = 100.0 * (((yy - 32) ** 2 + (xx - 30) ** 2) < 22 ** 2) * (1 + 0.3 * xx / 64)
+  img = np.abs(disc + rng.normal(0, 5, disc.shape) + 1j * rng.normal(0, 5, disc.shape))
+  src = write_nifti(tmp_path / "disc.nii.gz", img, np.eye(4))
+  out = tmp_path / "disc_fast.nii.gz"
+  code, stdout, err = run_cli(["restore", str(src), str(out), "--fast", "--quiet"], capsys)
+  assert code == 0, err
+  assert "weights/fast" in stdout and out.is_file()
+  r = np.asarray(nib.load(str(out)).dataobj)
+  fg = disc > 0
+  assert np.all(np.isfinite(r)) and 0.8 < r[fg].mean() / img[fg].mean() < 1.25
