@@ -1,6 +1,6 @@
 """Restoration quality and speed: the restorer vs N4, N4 + NLM and the oracle, same run, same CPU.
 
-Run:  python benchmarks/restoration.py [--data-dir DATA] [--checkpoint DIR] [--slices 64] [--steps 4]
+Run:  python benchmarks/restoration.py [--data-dir DATA] [--checkpoint DIR | --fast] [--slices 64] [--steps 4]
       [--real-set full|dipy|none] [--real-slices 8] [--faithfulness] [--no-speed] [--out bench_out]
       [--copy-montage benchmarks/real_scans.png]
 
@@ -118,10 +118,10 @@ def speed(model, log=print) -> dict:
           "volume_restored_slices": restored_slices, "volume_seconds": res.seconds}
 
 
-def cli_speed(workdir, log=print) -> dict:
+def cli_speed(workdir, log=print, options=()) -> dict:
   """Wall time of `mri-jax restore` in fresh processes with a fresh compilation cache: the first
   call (compiles), three later calls on the same 256² slice (best), and 20 files of 256² in one
-  command (warm cache)."""
+  command (warm cache). `options`: more `restore` options (e.g. `--fast`)."""
   import subprocess
   import sys
   import tempfile
@@ -139,7 +139,7 @@ def cli_speed(workdir, log=print) -> dict:
 
   def wall(argv):
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mri_jax", "restore", *argv, "--quiet", "--overwrite"],
+    proc = subprocess.run([sys.executable, "-m", "mri_jax", "restore", *argv, *options, "--quiet", "--overwrite"],
                           capture_output=True, text=True, encoding="utf-8", env=env)
     if proc.returncode != 0:
       raise RuntimeError(proc.stderr)
@@ -158,6 +158,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data-dir", help="TFDS data directory with mri_pairs (omit: real images only)")
   ap.add_argument("--checkpoint")
+  ap.add_argument("--fast", action="store_true", help="the shipped fast weights (restore --fast), CLI timings included")
   ap.add_argument("--slices", type=int, default=64)
   ap.add_argument("--steps", type=int, default=4)
   ap.add_argument("--real-set", choices=("full", "dipy", "none"), default="full")
@@ -173,10 +174,13 @@ def main():
 
   from mri_jax import evaluate, restore
 
+  if args.fast and args.checkpoint:
+    ap.error("--fast and --checkpoint both choose the weights: give one of them")
+  checkpoint = str(restore.FAST_WEIGHTS_DIR) if args.fast else args.checkpoint
   print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, JAX devices {jax.devices()}")
   t = time.perf_counter()
   report = {} if args.no_quality else evaluate.evaluate(
-      args.out, data_dir=args.data_dir, slices=args.slices, steps=args.steps, checkpoint=args.checkpoint,
+      args.out, data_dir=args.data_dir, slices=args.slices, steps=args.steps, checkpoint=checkpoint,
       real_set=args.real_set, real_slices=args.real_slices, with_faithfulness=args.faithfulness)
   if report:
     print(report["markdown"])
@@ -184,8 +188,8 @@ def main():
   if args.copy_montage and "real_scans" in report:
     shutil.copyfile(os.path.join(args.out, "real_scans.png"), args.copy_montage)
   if not args.no_speed:
-    s = speed(restore.load_model(args.checkpoint))
-    c = cli_speed(args.out) if args.checkpoint is None else {}
+    s = speed(restore.load_model(checkpoint))
+    c = cli_speed(args.out, options=["--fast"] if args.fast else []) if args.checkpoint is None else {}
     print(json.dumps({**s, **c}, indent=1))
     print("| case | restorer | SimpleITK N4 (shrink 4) | + dipy NLM | + scikit-image NLM | speed-up |\n"
           "|---|---|---|---|---|---|")
