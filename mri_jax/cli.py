@@ -14,7 +14,7 @@ from mri_jax.errors import UserInputError
 
 EXIT_USER_ERROR = 2
 FAST_HELP = ("the shipped fast weights (configs/mixed.py:fast): the network 3.4× faster, restore's SSIM within "
-             "0.0013 of the default weights (README, Results); not with --checkpoint")
+             "0.0013 of the default weights (README, Results); not with --checkpoint or --n4 none")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +87,11 @@ def _checkpoint(args) -> str | None:
     return args.checkpoint
   if args.checkpoint:
     raise UserInputError("--fast and --checkpoint both choose the weights: give one of them")
+  if getattr(args, "n4", None) == "none":
+    # restore would skip N4, the field network, the blend, the clamp and the floor's removal: the
+    # fast network alone scores below its input (README, `--fast`)
+    raise UserInputError("--fast needs N4 (--n4 jax or sitk): with --n4 none the output is the fast network's "
+                         "alone, which scores below the input")
   from mri_jax import restore
 
   return str(restore.FAST_WEIGHTS_DIR)
@@ -336,8 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
       epilog="examples:\n  mri-jax demo demo_out\n  mri-jax demo demo_out --coils 1 --noise 0.05 --seed 3")
   p.add_argument("outdir", help="output directory")
   p.add_argument("--checkpoint", metavar="DIR", help="restorer weights (default: the shipped ones)")
-  p.add_argument("--fast", action="store_true",
-                 help=FAST_HELP)
+  p.add_argument("--fast", action="store_true", help=FAST_HELP)
   p.add_argument("--steps", type=int, default=None, metavar="K", help="restorer steps (default: the model's)")
   _add_corruption_options(p)
   p.set_defaults(func=_cmd_demo)
@@ -491,8 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--checkpoint", metavar="DIR",
                  help="a training workdir (latest checkpoint) or an `export-weights` folder; "
                       "default: the shipped weights")
-  p.add_argument("--fast", action="store_true",
-                 help=FAST_HELP)
+  p.add_argument("--fast", action="store_true", help=FAST_HELP)
   p.add_argument("--n4", choices=restore.N4_CHOICES, default=rd["n4"],
                  help="N4 backend of the conditioning (default %(default)s; none only for models trained "
                       "without N4)")
@@ -586,8 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=int, default=ed["steps"], metavar="K",
                  help="the multi-step setting compared with K = 1 (default %(default)s)")
   p.add_argument("--checkpoint", metavar="DIR", help="workdir or exported weights (default: shipped weights)")
-  p.add_argument("--fast", action="store_true",
-                 help=FAST_HELP)
+  p.add_argument("--fast", action="store_true", help=FAST_HELP)
   p.add_argument("--no-real", action="store_true", help="skip the real-image test sets (same as --real-set none)")
   p.add_argument("--real-set", choices=evaluate.REAL_SETS, default=ed["real_set"],
                  help="real images: full = the real-scan validation set (7 groups of real scans shipped in the "

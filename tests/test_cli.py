@@ -115,13 +115,15 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
   assert help_text.returncode == 0 and "examples:" in help_text.stdout
 
 
-def test_fast_and_checkpoint_together_is_one_line_error(tmp_path, capsys):
+def test_fast_with_checkpoint_or_without_n4_is_one_line_error(tmp_path, capsys):
   src = tmp_path / "in.nii.gz"
   for argv in (["restore", str(src), str(tmp_path / "out.nii.gz"), "--fast", "--checkpoint", str(tmp_path)],
                ["demo", str(tmp_path / "demo"), "--fast", "--checkpoint", str(tmp_path)]):
     code, out, err = run_cli(argv, capsys)
     assert code == 2 and "--fast and --checkpoint" in err and "Traceback" not in err
     assert not (tmp_path / "out.nii.gz").exists() and not (tmp_path / "demo").exists()
+  code, _, err = run_cli(["restore", str(src), str(tmp_path / "out.nii.gz"), "--fast", "--n4", "none"], capsys)
+  assert code == 2 and "--fast needs N4" in err and not (tmp_path / "out.nii.gz").exists()
 
 
 def test_restore_fast_uses_the_shipped_fast_weights(tmp_path, capsys):
