@@ -386,6 +386,47 @@ def _remove_floor(restored: np.ndarray, factors: np.ndarray, field: np.ndarray, 
   return out
 
 
+def _tissue(foreground: np.ndarray, inputs: np.ndarray, floors: np.ndarray) -> np.ndarray:
+  """(N, X, Y) where restore treats the slices as tissue (the blend, the clamp, the air's local
+  mean): the `foreground` and any anatomy above the air's noise floor (`_signal`), grown by
+  CLAMP_MARGIN voxels. The rest is air."""
+  from scipy import ndimage
+
+  return ndimage.binary_dilation(foreground | _signal(inputs, floors), np.ones((1, 3, 3), bool),
+                                 iterations=CLAMP_MARGIN)
+
+
+def _air_from_local_mean(image: np.ndarray, reference: np.ndarray, tissue: np.ndarray,
+                         floors: np.ndarray) -> np.ndarray:
+  """`image` with its air (outside `tissue`, on the slices whose floor was read from their own air)
+  replaced by the SIGNAL_WINDOW² local mean of `reference` (the N4 image on the image's scale), as
+  the air's expected magnitude before the floor's removal. There the input holds no anatomy the
+  noise floor test can see, so the local mean is at the floor and `_remove_floor` takes it to
+  ≈ 0 (a single voxel's noise, or the network's texture, would pass through the floor's inverse
+  as blotches)."""
+  from scipy import ndimage
+
+  local = ndimage.uniform_filter(reference.astype(np.float64), (1, SIGNAL_WINDOW, SIGNAL_WINDOW))
+  air = ~tissue & (floors[:, 2] == 1)[:, None, None]
+  return np.where(air, local, image).astype(image.dtype)
+
+
+def _caps_without_floor(inputs: np.ndarray, mask: np.ndarray, field: np.ndarray, scale: float,
+                        floor: np.ndarray) -> np.ndarray:
+  """A volume's passed-through caps (the N4 image inputs ÷ field, × `scale`, the restored slices'
+  scale) with the noise floor removed as on the restored slices, so the air does not jump from
+  the grey floor to black where restoring stops (a band in coronal and sagittal views). The caps
+  are not denoised: their air takes its local mean (`_air_from_local_mean`; tissue from Otsu's
+  `mask` and `_signal`), their anatomy keeps its own voxels. `floor`: the volume's pooled
+  (L, σ, from the air)."""
+  image = inputs / field * scale
+  if not floor[1] > 0:
+    return image
+  floors = np.repeat(np.asarray(floor, np.float32)[None], len(inputs), axis=0)
+  expected = _air_from_local_mean(image, image, _tissue(mask, inputs, floors), floors)
+  return _remove_floor(expected, np.full(len(inputs), scale, np.float32), field, floors, pooled=True)
+
+
 def _noise_clamp(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray, inputs: np.ndarray,
                  field: np.ndarray, mask: np.ndarray, k: float, tissue: np.ndarray | None = None, *,
                  sigma: np.ndarray | None = None) -> np.ndarray:
@@ -1001,14 +1042,11 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     ref, factors = _scaled_reference(part, slices[idx] / fld, mask[idx], one_scale=log_field is not None)
     if lowfreq:
       part = _lowfreq_fix(part, ref, float(lowfreq))
-    from scipy import ndimage
-
     # each slice's noise σ and floor (L, σ from the air), once for the tissue, blend, clamp and floor
     sigma = _input_sigmas(slices[idx], mask[idx])
     pooled = vol.ndim == 3 and not independent_slices
     floors = _read_floors(slices[idx], mask[idx], sigma, pooled=pooled)
-    tissue = ndimage.binary_dilation(prep.foreground[prep.crop] | _signal(slices[idx], floors),
-                                     np.ones((1, 3, 3), bool), iterations=CLAMP_MARGIN)
+    tissue = _tissue(prep.foreground[prep.crop], slices[idx], floors)
     if blend:
       t2 = time.perf_counter()
       part, alphas = _sure_blend(part, ref, factors, slices[idx], fld, mask[idx], tissue, prep, network, bs,
@@ -1034,6 +1072,8 @@ def restore_array(data: np.ndarray, model: Model | None = None, *, steps: int | 
     restored[rest] = n4_vol[rest] * c
     if expected is not None:
       expected[rest] = restored[rest]
+      restored[rest] = _caps_without_floor(slices[rest], mask[rest], np.exp(log_field[rest]), c,
+                                           noise_floors[idx[0]])
   if not np.all(np.isfinite(restored)):  # never write a silently wrong image
     raise RuntimeError("the restorer produced non-finite values; please report this input")
   field = None
