@@ -417,14 +417,15 @@ def _caps_without_floor(inputs: np.ndarray, mask: np.ndarray, field: np.ndarray,
   scale) with the noise floor removed as on the restored slices, so the air does not jump from
   the grey floor to black where restoring stops (a band in coronal and sagittal views). The caps
   are not denoised: their air takes its local mean (`_air_from_local_mean`; tissue from Otsu's
-  `mask` and `_signal`), their anatomy keeps its own voxels. `floor`: the volume's pooled
-  (L, σ, from the air)."""
+  `mask` and `_signal`), their anatomy keeps its own voxels, and no voxel comes out above its N4
+  image. `floor`: the volume's pooled (L, σ, from the air)."""
   image = inputs / field * scale
   if not floor[1] > 0:
     return image
   floors = np.repeat(np.asarray(floor, np.float32)[None], len(inputs), axis=0)
   expected = _air_from_local_mean(image, image, _tissue(mask, inputs, floors), floors)
-  return _remove_floor(expected, np.full(len(inputs), scale, np.float32), field, floors, pooled=True)
+  # never above the voxel itself: as on the restored slices, removing the floor only lowers
+  return np.minimum(_remove_floor(expected, np.full(len(inputs), scale, np.float32), field, floors, pooled=True), image)
 
 
 def _noise_clamp(restored: np.ndarray, reference: np.ndarray, factors: np.ndarray, inputs: np.ndarray,
