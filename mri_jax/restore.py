@@ -402,8 +402,8 @@ def _air_from_local_mean(image: np.ndarray, reference: np.ndarray, tissue: np.nd
   replaced by the SIGNAL_WINDOW² local mean of `reference` (the N4 image on the image's scale), as
   the air's expected magnitude before the floor's removal. There the input holds no anatomy the
   noise floor test can see, so the local mean is at the floor and `_remove_floor` takes it to
-  ≈ 0 (a single voxel's noise, or the network's texture, would pass through the floor's inverse
-  as blotches)."""
+  ≈ 0 (a single voxel's noise would pass through the floor's inverse as specks). Used for the
+  caps (`_caps_without_floor`); on the restored slices the network's output is the estimate."""
   from scipy import ndimage
 
   local = ndimage.uniform_filter(reference.astype(np.float64), (1, SIGNAL_WINDOW, SIGNAL_WINDOW))
