@@ -173,10 +173,12 @@ def main():
   import jax
 
   from mri_jax import evaluate, restore
+  from mri_jax.errors import UserInputError
 
-  if args.fast and args.checkpoint:
-    ap.error("--fast and --checkpoint both choose the weights: give one of them")
-  checkpoint = str(restore.FAST_WEIGHTS_DIR) if args.fast else args.checkpoint
+  try:
+    checkpoint = restore.choose_weights(args.checkpoint, args.fast)
+  except UserInputError as err:
+    ap.error(str(err))
   print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, JAX devices {jax.devices()}")
   t = time.perf_counter()
   report = {} if args.no_quality else evaluate.evaluate(

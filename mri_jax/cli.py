@@ -83,18 +83,16 @@ def _cmd_simulate(args) -> int:
 def _checkpoint(args) -> str | None:
   """The weights a command runs with: --checkpoint DIR, the shipped fast weights with --fast, else
   None (the shipped default weights)."""
-  if not getattr(args, "fast", False):
-    return args.checkpoint
-  if args.checkpoint:
-    raise UserInputError("--fast and --checkpoint both choose the weights: give one of them")
-  if getattr(args, "n4", None) == "none":
+  from mri_jax import restore
+
+  fast = getattr(args, "fast", False)
+  checkpoint = restore.choose_weights(args.checkpoint, fast)
+  if fast and getattr(args, "n4", None) == "none":
     # restore would skip N4, the field network, the blend, the clamp and the floor's removal: the
     # fast network alone scores below its input (README, `--fast`)
     raise UserInputError("--fast needs N4 (--n4 jax or sitk): with --n4 none the output is the fast network's "
                          "alone, which scores below the input")
-  from mri_jax import restore
-
-  return str(restore.FAST_WEIGHTS_DIR)
+  return checkpoint
 
 
 def _cmd_demo(args) -> int:

@@ -175,6 +175,16 @@ def _restorer_of(cfg, directory: Path) -> R.Restorer:
                          f"({type(err).__name__}: {err})") from None
 
 
+def choose_weights(checkpoint=None, fast: bool = False):
+  """The weights to load: `checkpoint`, or the shipped fast weights (`FAST_WEIGHTS_DIR`) with
+  `fast` (None: the shipped default weights). Raises UserInputError for both at once."""
+  if not fast:
+    return checkpoint
+  if checkpoint:
+    raise UserInputError("--fast and --checkpoint both choose the weights: give one of them")
+  return str(FAST_WEIGHTS_DIR)
+
+
 def load_model(checkpoint=None) -> Model:
   """The restorer in `checkpoint` (None: the shipped default weights; `FAST_WEIGHTS_DIR`: the
   shipped fast ones).
@@ -387,8 +397,8 @@ def _remove_floor(restored: np.ndarray, factors: np.ndarray, field: np.ndarray, 
 
 
 def _tissue(foreground: np.ndarray, inputs: np.ndarray, floors: np.ndarray) -> np.ndarray:
-  """(N, X, Y) where restore treats the slices as tissue (the blend, the clamp, the air's local
-  mean): the `foreground` and any anatomy above the air's noise floor (`_signal`), grown by
+  """(N, X, Y) where restore treats the slices as tissue (the blend, the clamp, the caps' air):
+  the `foreground` and any anatomy above the air's noise floor (`_signal`), grown by
   CLAMP_MARGIN voxels. The rest is air."""
   from scipy import ndimage
 
@@ -396,34 +406,25 @@ def _tissue(foreground: np.ndarray, inputs: np.ndarray, floors: np.ndarray) -> n
                                  iterations=CLAMP_MARGIN)
 
 
-def _air_from_local_mean(image: np.ndarray, reference: np.ndarray, tissue: np.ndarray,
-                         floors: np.ndarray) -> np.ndarray:
-  """`image` with its air (outside `tissue`, on the slices whose floor was read from their own air)
-  replaced by the SIGNAL_WINDOW² local mean of `reference` (the N4 image on the image's scale), as
-  the air's expected magnitude before the floor's removal. There the input holds no anatomy the
-  noise floor test can see, so the local mean is at the floor and `_remove_floor` takes it to
-  ≈ 0 (a single voxel's noise would pass through the floor's inverse as specks). Used for the
-  caps (`_caps_without_floor`); on the restored slices the network's output is the estimate."""
-  from scipy import ndimage
-
-  local = ndimage.uniform_filter(reference.astype(np.float64), (1, SIGNAL_WINDOW, SIGNAL_WINDOW))
-  air = ~tissue & (floors[:, 2] == 1)[:, None, None]
-  return np.where(air, local, image).astype(image.dtype)
-
-
 def _caps_without_floor(inputs: np.ndarray, mask: np.ndarray, field: np.ndarray, scale: float,
                         floor: np.ndarray) -> np.ndarray:
   """A volume's passed-through caps (the N4 image inputs ÷ field, × `scale`, the restored slices'
   scale) with the noise floor removed as on the restored slices, so the air does not jump from
   the grey floor to black where restoring stops (a band in coronal and sagittal views). The caps
-  are not denoised: their air takes its local mean (`_air_from_local_mean`; tissue from Otsu's
-  `mask` and `_signal`), their anatomy keeps its own voxels, and no voxel comes out above its N4
-  image. `floor`: the volume's pooled (L, σ, from the air)."""
+  are not denoised: where the floor was read from the air and `_tissue` (Otsu's `mask` and
+  `_signal`) finds no anatomy, the SIGNAL_WINDOW² local mean stands in for the expected magnitude
+  (there it is at the floor, and `_remove_floor` takes it to ≈ 0; a single voxel's noise would pass
+  through the floor's inverse as specks); their anatomy keeps its own voxels, and no voxel comes out
+  above its N4 image. `floor`: the volume's pooled (L, σ, from the air)."""
+  from scipy import ndimage
+
   image = inputs / field * scale
   if not floor[1] > 0:
     return image
   floors = np.repeat(np.asarray(floor, np.float32)[None], len(inputs), axis=0)
-  expected = _air_from_local_mean(image, image, _tissue(mask, inputs, floors), floors)
+  air = ~_tissue(mask, inputs, floors) & (floor[2] == 1)
+  local = ndimage.uniform_filter(image.astype(np.float64), (1, SIGNAL_WINDOW, SIGNAL_WINDOW))
+  expected = np.where(air, local, image).astype(image.dtype)
   # never above the voxel itself: as on the restored slices, removing the floor only lowers
   return np.minimum(_remove_floor(expected, np.full(len(inputs), scale, np.float32), field, floors, pooled=True), image)
 
